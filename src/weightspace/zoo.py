@@ -1,0 +1,360 @@
+"""A zoo on disk: writing it atomically and shard by shard, opening it lazily.
+
+Layout (``docs/zoo-format.md`` is the full description)::
+
+    <zoo>/
+      manifest.json                 schema version, architecture, task, epochs, sha256 of files
+      config.yaml                   the resolved config that made the zoo
+      members.parquet               one row per member: hyperparameters, shard, diverged
+      metrics.parquet               one row per member x checkpoint: losses and accuracies
+      shards/shard-00000.safetensors  state_dict names, tensors (members, checkpoints, ...)
+      shards/shard-00000.parquet      that shard's metric rows (kept for resuming)
+      shards/shard-00000.json         written last: the shard is complete, with its checksums
+
+No pickle anywhere. Every file is written to a temporary name and renamed into place, so a
+killed run leaves complete files or none; ``manifest.json`` is written last of all, and a
+folder without it is an unfinished zoo that the same command resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors import safe_open
+from safetensors.torch import save
+
+from weightspace import __version__
+from weightspace.errors import ZooError
+from weightspace.mlp import MLP, MLPSpec
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+# --------------------------------------------------------------------------- atomic writes
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_parquet(path: Path, df: pd.DataFrame) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        df.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def shard_name(index: int) -> str:
+    return f"shards/shard-{index:05d}"
+
+
+# --------------------------------------------------------------------------- writing
+class ZooWriter:
+    """Writes one zoo folder; knows which shards exist already, so a re-run resumes."""
+
+    def __init__(self, root: str | Path, config_yaml: str, fingerprint: str, overwrite: bool):
+        self.root = Path(root)
+        self.fingerprint = fingerprint
+        stamp = self.root / "fingerprint.txt"
+        if self.root.exists() and any(self.root.iterdir()):
+            if not stamp.exists():
+                raise ZooError(
+                    f"{self.root}: folder exists and is not a zoo; choose another zoo.path"
+                )
+            if stamp.read_text().strip() != fingerprint:
+                if not overwrite:
+                    raise ZooError(
+                        f"{self.root}: holds a zoo made from a different config; "
+                        "pass overwrite=true to replace it or choose another zoo.path"
+                    )
+                self._clear()
+        self.root.mkdir(parents=True, exist_ok=True)
+        if not stamp.exists():
+            atomic_write_bytes(stamp, (fingerprint + "\n").encode())
+        atomic_write_bytes(self.root / "config.yaml", config_yaml.encode())
+
+    def _clear(self) -> None:
+        for name in (MANIFEST, "members.parquet", "metrics.parquet", "fingerprint.txt"):
+            (self.root / name).unlink(missing_ok=True)
+        shards = self.root / "shards"
+        if shards.exists():
+            for f in shards.iterdir():
+                f.unlink()
+
+    def shard_done(self, index: int) -> bool:
+        """A shard counts as done when its record exists and its files match it."""
+        record = self.root / f"{shard_name(index)}.json"
+        if not record.exists():
+            return False
+        info = json.loads(record.read_text())
+        return all(
+            (self.root / rel).exists() and (self.root / rel).stat().st_size == meta["bytes"]
+            for rel, meta in info["files"].items()
+        )
+
+    def write_shard(
+        self,
+        index: int,
+        member_ids: Sequence[int],
+        epochs: Sequence[int],
+        weights: dict[str, torch.Tensor],
+        metrics: pd.DataFrame,
+        diverged_epoch: np.ndarray,
+    ) -> None:
+        base = shard_name(index)
+        tensors = {k: v.contiguous() for k, v in weights.items()}
+        meta = {
+            "member_ids": json.dumps([int(i) for i in member_ids]),
+            "epochs": json.dumps([int(e) for e in epochs]),
+        }
+        atomic_write_bytes(self.root / f"{base}.safetensors", save(tensors, metadata=meta))
+        first_bad = dict(zip(map(int, member_ids), map(int, diverged_epoch)))
+        metrics = metrics.assign(diverged_epoch=metrics["member_id"].map(first_bad))
+        atomic_write_parquet(self.root / f"{base}.parquet", metrics)
+        files = {
+            f"{base}.{ext}": {
+                "sha256": sha256_file(self.root / f"{base}.{ext}"),
+                "bytes": (self.root / f"{base}.{ext}").stat().st_size,
+            }
+            for ext in ("safetensors", "parquet")
+        }
+        record = {
+            "member_ids": [int(i) for i in member_ids],
+            "epochs": list(map(int, epochs)),
+            "files": files,
+        }
+        atomic_write_bytes(self.root / f"{base}.json", json.dumps(record, indent=1).encode())
+
+    def finalize(self, members: pd.DataFrame, manifest: dict[str, Any]) -> Path:
+        """Gather the shards' tables, write members/metrics and, last, the manifest."""
+        n_shards = int(members["shard"].max()) + 1
+        parts, files = [], {}
+        for s in range(n_shards):
+            record = json.loads((self.root / f"{shard_name(s)}.json").read_text())
+            files.update(record["files"])
+            parts.append(pd.read_parquet(self.root / f"{shard_name(s)}.parquet"))
+        metrics = pd.concat(parts, ignore_index=True)
+        metrics = metrics.sort_values(["member_id", "epoch"], kind="stable", ignore_index=True)
+        div = metrics.groupby("member_id")["diverged_epoch"].first()
+        members = members.assign(
+            diverged_epoch=members["member_id"].map(div).astype("int64"),
+        )
+        members = members.assign(diverged=members["diverged_epoch"] >= 0)
+        metrics = metrics.drop(columns=["diverged_epoch"])
+        atomic_write_parquet(self.root / "members.parquet", members)
+        atomic_write_parquet(self.root / "metrics.parquet", metrics)
+        for name in ("members.parquet", "metrics.parquet", "config.yaml"):
+            path = self.root / name
+            files[name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "weightspace_version": __version__,
+            "fingerprint": self.fingerprint,
+            **manifest,
+            "n_members": len(members),
+            "n_shards": n_shards,
+            "n_diverged": int(members["diverged"].sum()),
+            "files": dict(sorted(files.items())),
+        }
+        atomic_write_bytes(self.root / MANIFEST, json.dumps(manifest, indent=2).encode())
+        return self.root / MANIFEST
+
+
+# --------------------------------------------------------------------------- reading
+class Zoo:
+    """A zoo opened from disk: tables in memory, weights memory-mapped and read on demand.
+
+    >>> zoo = Zoo.open("zoos/digits")
+    >>> len(zoo), zoo.epochs
+    >>> w = zoo.weights(epoch=10, members=[0, 5, 7])   # {"layers.0.weight": (3, 32, 64), ...}
+    >>> net = zoo.module(5, epoch=10)                   # a plain torch.nn.Module
+    """
+
+    def __init__(self, root: Path, manifest: dict[str, Any], verify: bool):
+        self.root = root
+        self.manifest = manifest
+        self.verify = verify
+        self._verified: set[str] = set()
+
+    @classmethod
+    def open(cls, path: str | Path, verify: bool = True) -> Zoo:
+        """Open a finished zoo. ``verify`` checks every file's sha256 the first time it is read."""
+        root = Path(path)
+        mpath = root / MANIFEST
+        if not mpath.exists():
+            hint = (
+                "generation did not finish; re-run the same command to resume"
+                if (root / "fingerprint.txt").exists()
+                else "no zoo here"
+            )
+            raise ZooError(f"{mpath}: missing ({hint})")
+        try:
+            manifest = json.loads(mpath.read_text())
+        except json.JSONDecodeError as e:
+            raise ZooError(f"{mpath}: not valid JSON ({e})") from e
+        version = manifest.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ZooError(
+                f"{mpath}: schema version {version}, this weightspace reads {SCHEMA_VERSION}"
+            )
+        zoo = cls(root, manifest, verify)
+        for rel, meta in manifest["files"].items():
+            f = root / rel
+            if not f.exists():
+                raise ZooError(f"{f}: missing from the zoo")
+            if f.stat().st_size != meta["bytes"]:
+                raise ZooError(
+                    f"{f}: {f.stat().st_size} bytes, the manifest says {meta['bytes']} "
+                    "(truncated or altered)"
+                )
+        return zoo
+
+    def _check(self, rel: str) -> Path:
+        path = self.root / rel
+        if self.verify and rel not in self._verified:
+            expected = self.manifest["files"][rel]["sha256"]
+            if sha256_file(path) != expected:
+                raise ZooError(f"{path}: sha256 differs from the manifest (altered or corrupt)")
+            self._verified.add(rel)
+        return path
+
+    # ---- tables and spec
+    @cached_property
+    def members(self) -> pd.DataFrame:
+        """One row per member, indexed by position (== member_id)."""
+        return pd.read_parquet(self._check("members.parquet"))
+
+    @cached_property
+    def metrics(self) -> pd.DataFrame:
+        """One row per member x checkpoint: epoch, train/test loss and accuracy, diverged."""
+        return pd.read_parquet(self._check("metrics.parquet"))
+
+    @property
+    def spec(self) -> MLPSpec:
+        """The architecture; ``activation`` is the most common one (see :meth:`member_spec`)."""
+        a = self.manifest["architecture"]
+        return MLPSpec(tuple(a["widths"]), a["activations"][0], a["bias"], a["weight_norm"])
+
+    def member_spec(self, member: int) -> MLPSpec:
+        a = self.manifest["architecture"]
+        act = str(self.members["activation"].iloc[member])
+        return MLPSpec(tuple(a["widths"]), act, a["bias"], a["weight_norm"])
+
+    @property
+    def epochs(self) -> list[int]:
+        """All checkpoint epochs in the zoo (members trained for fewer epochs hold a subset)."""
+        return list(self.manifest["checkpoint_epochs"])
+
+    def __len__(self) -> int:
+        return int(self.manifest["n_members"])
+
+    def __repr__(self) -> str:
+        return (
+            f"Zoo({str(self.root)!r}, members={len(self)}, widths={list(self.spec.widths)}, "
+            f"task={self.manifest['task']['name']!r}, epochs={self.epochs})"
+        )
+
+    # ---- weights
+    def _shard_epochs(self, shard: int) -> list[int]:
+        record = json.loads((self.root / f"{shard_name(shard)}.json").read_text())
+        return record["epochs"]
+
+    def weights(
+        self, epoch: int, members: Iterable[int] | None = None, trainable: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """Stacked parameters of ``members`` (default: all) at checkpoint ``epoch``.
+
+        Returns ``{name: (len(members), ...)}`` with effective ``weight``/``bias`` names, plus
+        ``weight_g``/``weight_v`` when ``trainable`` and the zoo uses weight normalization.
+        """
+        ids = np.arange(len(self)) if members is None else np.asarray(list(members), dtype=int)
+        if len(ids) and (ids.min() < 0 or ids.max() >= len(self)):
+            raise IndexError(
+                f"member ids must be in [0, {len(self)}), got {ids.min()}..{ids.max()}"
+            )
+        spec = self.spec
+        names = list(spec.param_shapes())
+        if trainable and spec.weight_norm:
+            names += [n for n in spec.param_shapes(trainable=True) if n not in names]
+        rows = self.members.iloc[ids]
+        out = {n: torch.empty((len(ids), *self._shape(n)), dtype=torch.float32) for n in names}
+        for shard, group in rows.groupby("shard", sort=True):
+            shard = int(shard)
+            epochs = self._shard_epochs(shard)
+            if epoch not in epochs:
+                raise ZooError(
+                    f"{self.root / shard_name(shard)}.safetensors: no checkpoint at epoch {epoch} "
+                    f"(this shard holds {epochs})"
+                )
+            e = epochs.index(epoch)
+            where = np.flatnonzero(np.isin(ids, group["member_id"].to_numpy()))
+            local = group["shard_row"].to_numpy()
+            lo, hi = int(local.min()), int(local.max()) + 1
+            path = self._check(f"{shard_name(shard)}.safetensors")
+            with safe_open(str(path), framework="pt") as f:
+                for n in names:
+                    block = f.get_slice(n)[lo:hi, e]  # reads only this range of members
+                    out[n][where] = block[torch.from_numpy(local - lo)]
+        return out
+
+    def _shape(self, name: str) -> tuple[int, ...]:
+        spec = self.spec
+        return {**spec.param_shapes(trainable=True), **spec.param_shapes()}[name]
+
+    def state_dict(self, member: int, epoch: int) -> dict[str, torch.Tensor]:
+        """One member's ``state_dict`` (``weight``/``bias`` names) at ``epoch``."""
+        return {k: v[0] for k, v in self.weights(epoch, [member]).items()}
+
+    def module(self, member: int, epoch: int | None = None) -> MLP:
+        """The member as a plain ``torch.nn.Module`` (default: its last checkpoint)."""
+        if epoch is None:
+            epoch = int(self.metrics.loc[self.metrics["member_id"] == member, "epoch"].max())
+        net = MLP(self.member_spec(member))
+        net.load_state_dict(self.state_dict(member, epoch), strict=True)
+        return net.eval()
+
+    # ---- task
+    @cached_property
+    def config(self) -> dict[str, Any]:
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(OmegaConf.load(self._check("config.yaml")), resolve=True)
+
+    def task(self):
+        """The task the members were trained on, loaded as it was at generation time."""
+        from weightspace.tasks import load_task
+
+        return load_task(self.config["task"])
