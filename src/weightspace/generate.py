@@ -139,14 +139,14 @@ def generate(cfg: DictConfig) -> ZooSummary:
     with bar:
         for s in todo:
             rows = members[members["shard"] == s].sort_values("shard_row")
-            epochs = int(rows["epochs"].iloc[0])
+            step = len(rows) / int(rows["epochs"].iloc[0])  # members per epoch, for the bar
             result = train_population(
                 task,
                 spec,
                 rows,
                 requested,
                 device,
-                on_epoch=lambda e, n=len(rows), E=epochs: bar.update(n / E),
+                on_epoch=lambda _epoch, step=step: bar.update(step),
             )
             writer.write_shard(
                 int(s),

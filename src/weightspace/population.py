@@ -174,8 +174,9 @@ def validate_population(df: pd.DataFrame) -> None:
     for k, allowed in _CATEGORIES.items():
         bad = set(df[k]) - set(allowed)
         if bad:
+            choices = ", ".join(allowed)
             raise ConfigError(
-                f"zoo.hparams.{k}: unknown {sorted(map(str, bad))} (choose from {', '.join(allowed)})"
+                f"zoo.hparams.{k}: unknown {sorted(map(str, bad))} (choose from {choices})"
             )
     checks = {
         "lr": (df["lr"] > 0, "must be > 0"),
