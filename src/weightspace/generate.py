@@ -107,6 +107,15 @@ def generate(cfg: DictConfig) -> ZooSummary:
     zcfg = cfg.zoo
     members = sample_population(zcfg.hparams, int(zcfg.size), int(zcfg.seed), zcfg.sampling)
     members = plan_shards(members, int(zcfg.shard_size))
+    if spec.weight_norm:
+        zero = (members["init_scale"] == 0) | (
+            (members["init"] == "constant") & (members["init_value"] == 0)
+        )
+        if zero.any():
+            raise ConfigError(
+                "model.weight_norm: a zero initial weight row has no direction (g * v / ||v|| "
+                "is 0/0); use a non-zero zoo.hparams.init_value / init_scale"
+            )
     requested = list(zcfg.checkpoints or [])
     checkpoint_epochs(requested, 1)  # validate early
     device = resolve_device(str(cfg.get("device", "cpu")))
@@ -184,6 +193,20 @@ def generate(cfg: DictConfig) -> ZooSummary:
     if cfg.get("logger") and cfg.logger.get("name") == "wandb":
         log_zoo_card(zoo, cfg, summary)
     return summary
+
+
+def cli() -> None:
+    """The ``weightspace-generate`` console script: same as ``scripts/generate_zoo.py``."""
+    import hydra
+
+    from weightspace.cli import run_or_exit
+    from weightspace.config import CONF_DIR
+
+    @hydra.main(config_path=str(CONF_DIR), config_name="generate", version_base="1.3")
+    def main(cfg: DictConfig) -> None:
+        print(run_or_exit(generate, cfg))
+
+    main()
 
 
 def final_metrics(zoo: Zoo) -> pd.DataFrame:

@@ -130,14 +130,17 @@ def forward(
     h = x
     for l in range(spec.n_layers):
         w = p[f"layers.{l}.weight"]  # (M, out, in)
+        b = p[f"layers.{l}.bias"] if spec.bias else None
         if h.dim() == 2:
             # Shared input: one (B, in) @ (in, M*out) product instead of M small ones.
             m, o, i = w.shape
-            h = (h @ w.reshape(m * o, i).T).reshape(h.shape[0], m, o).transpose(0, 1)
+            flat = w.reshape(m * o, i).T
+            h = torch.addmm(b.reshape(m * o), h, flat) if b is not None else h @ flat
+            h = h.view(-1, m, o).transpose(0, 1)  # (M, B, out)
+        elif b is not None:
+            h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))  # (M, B, out)
         else:
-            h = torch.bmm(h, w.transpose(1, 2))  # (M, B, out)
-        if spec.bias:
-            h = h + p[f"layers.{l}.bias"].unsqueeze(1)
+            h = torch.bmm(h, w.transpose(1, 2))
         if l < spec.n_layers - 1:
             h = act(h)
     return h

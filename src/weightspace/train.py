@@ -18,7 +18,8 @@ from then on, so it stays frozen at its last finite parameters and cannot affect
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,7 +36,7 @@ from weightspace.tasks import Task
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
-EVAL_CHUNK = 8192  # examples per evaluation forward
+EVAL_BUDGET = 1 << 22  # activation entries per evaluation forward
 
 
 # --------------------------------------------------------------------------- data order
@@ -70,17 +71,40 @@ def member_labels(data_seed: int, y: Tensor, n_classes: int, label_noise: float)
 def per_example_loss(out: Tensor, y: Tensor, task: Task) -> Tensor:
     """Loss of every example. out: (M, B, C); y: (B,) / (M, B) labels or (B, 1) targets."""
     if task.is_classification:
-        m, b, c = out.shape
+        m, b, _ = out.shape
         yy = y.expand(m, b) if y.dim() == 1 else y
-        return F.cross_entropy(out.reshape(m * b, c), yy.reshape(m * b), reduction="none").view(
-            m, b
-        )
+        # Classes on dim 1, as a transposed view: log-softmax over a short innermost dim
+        # (10 classes) is several times slower than over a strided one.
+        return F.cross_entropy(out.transpose(1, 2), yy, reduction="none")
     return ((out - y) ** 2).mean(-1)
+
+
+@contextmanager
+def flush_denormals() -> Iterator[None]:
+    """Treat subnormal floats as zero while training.
+
+    Softmax outputs and gradients of confident members underflow into the subnormal range,
+    where CPU arithmetic is many times slower (a population step measured 2x slower
+    overall). The effect on the values is below float32 resolution of any weight.
+    """
+    # The flag cannot be read back directly, but a subnormal literal shows it.
+    was_on = torch.tensor([1e-323], dtype=torch.float64).item() == 0.0
+    supported = torch.set_flush_denormal(True)  # False where the CPU cannot flush
+    try:
+        yield
+    finally:
+        if supported and not was_on:
+            torch.set_flush_denormal(False)
 
 
 # --------------------------------------------------------------------------- optimizers
 class _PopulationOptimizer:
-    """SGD or Adam over stacked parameters with per-member lr / momentum / weight decay."""
+    """SGD or Adam over stacked parameters with per-member lr / momentum / weight decay.
+
+    The step is memory-bound, so it makes few passes over the parameters and allocates
+    nothing: the new parameters are written into a spare buffer that then trades places with
+    the old ones, which stay at hand for members that just diverged.
+    """
 
     def __init__(self, name: str, params: dict[str, Tensor], members: pd.DataFrame, device):
         def col(k: str) -> Tensor:
@@ -88,10 +112,9 @@ class _PopulationOptimizer:
 
         self.name = name
         self.lr, self.wd, self.momentum = col("lr"), col("weight_decay"), col("momentum")
-        self.state = {
-            k: [torch.zeros_like(p) for _ in range(1 if name == "sgd" else 2)]
-            for k, p in params.items()
-        }
+        n_state = 1 if name == "sgd" else 2
+        self.state = {k: [torch.zeros_like(p) for _ in range(n_state)] for k, p in params.items()}
+        self.spare = {k: torch.empty_like(p) for k, p in params.items()}
         self.t = 0
 
     @staticmethod
@@ -101,28 +124,40 @@ class _PopulationOptimizer:
 
     @torch.no_grad()
     def step(self, params: dict[str, Tensor], grads: dict[str, Tensor], active: Tensor) -> Tensor:
-        """Update in place the members in ``active``; returns which of them stayed finite."""
+        """Update the members in ``active``; returns which of them stayed finite.
+
+        ``params`` is rebound to the new tensors. A member whose new parameters are not all
+        finite keeps its previous ones.
+        """
         self.t += 1
-        proposals: dict[str, Tensor] = {}
         finite = active.clone()
+        old: dict[str, Tensor] = {}
         for k, p in params.items():
-            g = grads[k] + self._b(self.wd, p) * p
+            p = p.detach()
+            g = grads[k].addcmul_(p, self._b(self.wd, p))  # L2 decay, as torch.optim
+            new = self.spare[k]
             if self.name == "sgd":
                 (buf,) = self.state[k]
-                buf.mul_(self._b(self.momentum, p)).add_(g)
-                new = p - self._b(self.lr, p) * buf
+                torch.addcmul(g, buf, self._b(self.momentum, p), out=buf)  # buf = mom*buf + g
+                torch.addcmul(p, buf, self._b(-self.lr, p), out=new)
             else:
                 m, v = self.state[k]
                 b1, b2 = ADAM_BETAS
                 m.lerp_(g, 1 - b1)
                 v.mul_(b2).addcmul_(g, g, value=1 - b2)
                 bc1, bc2 = 1 - b1**self.t, 1 - b2**self.t
-                denom = (v.sqrt() / math.sqrt(bc2)).add_(ADAM_EPS)
-                new = p - self._b(self.lr / bc1, p) * m / denom
-            finite &= torch.isfinite(new).flatten(1).all(1)
-            proposals[k] = new
-        for k, p in params.items():
-            p.copy_(torch.where(self._b(finite, p), proposals[k], p))
+                # m / (sqrt(v / bc2) + eps), computed in g's buffer (g is not needed any more)
+                ratio = torch.sqrt(v, out=g).div_(math.sqrt(bc2)).add_(ADAM_EPS)
+                torch.div(m, ratio, out=ratio)
+                torch.addcmul(p, ratio, self._b(-self.lr / bc1, p), out=new)
+            # A member's sum is finite iff all its entries are (or it overflows: diverged too).
+            finite &= torch.isfinite(new.flatten(1).sum(1))
+            old[k] = p
+        if not bool(finite.all()):
+            for k, p in old.items():
+                self.spare[k].copy_(torch.where(self._b(finite, p), self.spare[k], p))
+        for k, p in old.items():
+            params[k], self.spare[k] = self.spare[k].requires_grad_(True), p
         return finite
 
 
@@ -161,10 +196,12 @@ def evaluate(
 ) -> tuple[Tensor, Tensor]:
     """Mean loss and accuracy (NaN for regression) of every member on (x, y): two (M,)."""
     m = next(iter(params.values())).shape[0]
+    # Keep the widest activation (M, chunk, width) near 16 MB: large intermediates are slow.
+    chunk = max(1, EVAL_BUDGET // (m * max(spec.widths[1:])))
     loss_sum = torch.zeros(m, dtype=torch.float64, device=x.device)
     correct = torch.zeros(m, dtype=torch.float64, device=x.device)
-    for s in range(0, len(x), EVAL_CHUNK):
-        xb, yb = x[s : s + EVAL_CHUNK], y[s : s + EVAL_CHUNK]
+    for s in range(0, len(x), chunk):
+        xb, yb = x[s : s + chunk], y[s : s + chunk]
         out = forward(params, xb, spec)
         loss_sum += per_example_loss(out, yb, task).double().sum(1)
         if task.is_classification:
@@ -244,36 +281,35 @@ def train_population(
     for p in params.values():
         p.requires_grad_(True)
     names = list(params)
-    for epoch in range(1, epochs + 1):
-        order = torch.from_numpy(
-            np.stack([member_epoch_order(s, n_train, subset, epoch) for s in data_seeds])
-        ).to(device)  # (M, n_seen)
-        for start in range(0, order.shape[1], bs):
-            idx = order[:, start : start + bs]  # (M, B)
-            if shared:  # (B, in): one big matrix product in the first layer
-                idx = idx[0]
-                xb = x_train[idx]
-                yb = labels[0, idx] if task.is_classification else y_train[idx]
-            else:
-                xb = x_train[idx]  # (M, B, in)
-                yb = labels.gather(1, idx) if task.is_classification else y_train[idx]
-            with torch.enable_grad():
-                loss = per_example_loss(forward(params, xb, spec), yb, task).mean(1)  # (M,)
-                ok = active & torch.isfinite(loss)
-                # Diverged members contribute nothing; their gradients are discarded below.
-                total = torch.where(ok, loss, torch.zeros_like(loss)).sum()
-                grads = torch.autograd.grad(total, [params[k] for k in names])
-            grads = {
-                k: torch.where(opt._b(ok, g), g, torch.zeros_like(g)) for k, g in zip(names, grads)
-            }
-            still = opt.step(params, grads, ok)
-            newly = (active & ~still).cpu().numpy()
-            diverged_epoch[newly & (diverged_epoch < 0)] = epoch
-            active &= still
-        if epoch in keep:
-            checkpoint(epoch)
-        if on_epoch is not None:
-            on_epoch(epoch)
+    with flush_denormals():
+        for epoch in range(1, epochs + 1):
+            order = torch.from_numpy(
+                np.stack([member_epoch_order(s, n_train, subset, epoch) for s in data_seeds])
+            ).to(device)  # (M, n_seen)
+            for start in range(0, order.shape[1], bs):
+                idx = order[:, start : start + bs]  # (M, B)
+                if shared:  # (B, in): one big matrix product in the first layer
+                    xb = x_train.index_select(0, idx[0])
+                    yb = labels[0, idx[0]] if task.is_classification else y_train[idx[0]]
+                else:
+                    xb = x_train.index_select(0, idx.reshape(-1)).view(*idx.shape, -1)
+                    yb = labels.gather(1, idx) if task.is_classification else y_train[idx]
+                with torch.enable_grad():
+                    loss = per_example_loss(forward(params, xb, spec), yb, task).mean(1)  # (M,)
+                    ok = active & torch.isfinite(loss)
+                    # Diverged members add nothing to the loss; their gradients are zeroed.
+                    total = torch.where(ok, loss, torch.zeros_like(loss)).sum()
+                    grads = dict(zip(names, torch.autograd.grad(total, [params[k] for k in names])))
+                if not bool(ok.all()):
+                    grads = {k: torch.where(opt._b(ok, g), g, 0.0) for k, g in grads.items()}
+                still = opt.step(params, grads, ok)
+                newly = (active & ~still).cpu().numpy()
+                diverged_epoch[newly & (diverged_epoch < 0)] = epoch
+                active &= still
+            if epoch in keep:
+                checkpoint(epoch)
+            if on_epoch is not None:
+                on_epoch(epoch)
 
     weights = {k: torch.stack([s[k] for s in snapshots], dim=1) for k in snapshots[0]}
     return PopulationResult(keep, weights, pd.concat(rows, ignore_index=True), diverged_epoch)

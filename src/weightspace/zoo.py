@@ -77,6 +77,24 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+def save_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """``safetensors.torch.save`` with a reproducible header.
+
+    safetensors keeps the metadata in a hash map, so its key order (and with it the file's
+    bytes) changes from call to call; here the metadata keys are sorted.
+    """
+    data = save(tensors, metadata=metadata)
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    meta = header.pop("__metadata__", None)
+    ordered = {"__metadata__": dict(sorted(meta.items()))} if meta else {}
+    ordered.update(header)  # tensor entries keep the order safetensors wrote them in
+    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) > n:  # cannot happen for the same keys and values; keep the original
+        return data
+    return data[:8] + text.ljust(n) + data[8 + n :]  # same length: padded with spaces
+
+
 def shard_name(index: int) -> str:
     return f"shards/shard-{index:05d}"
 
@@ -140,7 +158,7 @@ class ZooWriter:
             "member_ids": json.dumps([int(i) for i in member_ids]),
             "epochs": json.dumps([int(e) for e in epochs]),
         }
-        atomic_write_bytes(self.root / f"{base}.safetensors", save(tensors, metadata=meta))
+        atomic_write_bytes(self.root / f"{base}.safetensors", save_safetensors(tensors, meta))
         first_bad = dict(zip(map(int, member_ids), map(int, diverged_epoch)))
         metrics = metrics.assign(diverged_epoch=metrics["member_id"].map(first_bad))
         atomic_write_parquet(self.root / f"{base}.parquet", metrics)
@@ -163,7 +181,15 @@ class ZooWriter:
         n_shards = int(members["shard"].max()) + 1
         parts, files = [], {}
         for s in range(n_shards):
-            record = json.loads((self.root / f"{shard_name(s)}.json").read_text())
+            record_path = self.root / f"{shard_name(s)}.json"
+            record = json.loads(record_path.read_text())
+            for rel, meta in record["files"].items():
+                # A shard kept from an earlier run must still be what that run wrote.
+                if sha256_file(self.root / rel) != meta["sha256"]:
+                    raise ZooError(
+                        f"{self.root / rel}: sha256 differs from {record_path} (altered or "
+                        f"corrupt); delete both to retrain the shard"
+                    )
             files.update(record["files"])
             parts.append(pd.read_parquet(self.root / f"{shard_name(s)}.parquet"))
         metrics = pd.concat(parts, ignore_index=True)

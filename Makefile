@@ -1,0 +1,28 @@
+# Set-up is part of every target: a fresh machine needs only python3 (>= 3.10) and make.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# CPU build by default; on a GPU machine install your CUDA torch into $(VENV) first.
+TORCH  ?= torch==2.13.0
+
+.PHONY: demo test bench lint
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+demo: $(BIN)/.installed  ## the main job end to end on the embedded default data
+	$(BIN)/python scripts/generate_zoo.py experiment=demo
+
+test: $(BIN)/.installed  ## the whole test suite (slow tests included)
+	$(BIN)/python -m pytest -q
+
+bench: $(BIN)/.installed  ## zoo training speed against the usual ways (minutes)
+	$(BIN)/python benchmarks/bench_zoo.py
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check src scripts tests benchmarks
+	$(BIN)/ruff format --check src scripts tests benchmarks
