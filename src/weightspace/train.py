@@ -112,6 +112,7 @@ class _PopulationOptimizer:
 
         self.name = name
         self.lr, self.wd, self.momentum = col("lr"), col("weight_decay"), col("momentum")
+        self.decay = bool((self.wd != 0).any())  # skip a full pass when nobody decays
         n_state = 1 if name == "sgd" else 2
         self.state = {k: [torch.zeros_like(p) for _ in range(n_state)] for k, p in params.items()}
         self.spare = {k: torch.empty_like(p) for k, p in params.items()}
@@ -134,7 +135,9 @@ class _PopulationOptimizer:
         old: dict[str, Tensor] = {}
         for k, p in params.items():
             p = p.detach()
-            g = grads[k].addcmul_(p, self._b(self.wd, p))  # L2 decay, as torch.optim
+            g = grads[k]
+            if self.decay:
+                g.addcmul_(p, self._b(self.wd, p))  # L2 decay added to the gradient, as torch.optim
             new = self.spare[k]
             if self.name == "sgd":
                 (buf,) = self.state[k]
