@@ -148,14 +148,19 @@ def generate(cfg: DictConfig) -> ZooSummary:
     with bar:
         for s in todo:
             rows = members[members["shard"] == s].sort_values("shard_row")
-            step = len(rows) / int(rows["epochs"].iloc[0])  # members per epoch, for the bar
+            n_epochs = int(rows["epochs"].iloc[0])
+
+            def advance(epoch: int, n: int = len(rows), n_epochs: int = n_epochs) -> None:
+                # Whole members on the bar: the part of this shard done after `epoch`.
+                bar.update(n * epoch // n_epochs - n * (epoch - 1) // n_epochs)
+
             result = train_population(
                 task,
                 spec,
                 rows,
                 requested,
                 device,
-                on_epoch=lambda _epoch, step=step: bar.update(step),
+                on_epoch=advance,
             )
             writer.write_shard(
                 int(s),
