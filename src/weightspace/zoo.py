@@ -151,7 +151,13 @@ class ZooWriter:
         weights: dict[str, torch.Tensor],
         metrics: pd.DataFrame,
         diverged_epoch: np.ndarray,
+        extra: dict[str, dict[str, torch.Tensor]] | None = None,
     ) -> None:
+        """Write one shard's files, then its record (which marks the shard done).
+
+        ``extra``: more tensor files of the shard, ``{suffix: tensors}`` written as
+        ``shard-K.{suffix}.safetensors`` (e.g. a derived zoo's transforms).
+        """
         base = shard_name(index)
         tensors = {k: v.contiguous() for k, v in weights.items()}
         meta = {
@@ -162,12 +168,17 @@ class ZooWriter:
         first_bad = dict(zip(map(int, member_ids), map(int, diverged_epoch)))
         metrics = metrics.assign(diverged_epoch=metrics["member_id"].map(first_bad))
         atomic_write_parquet(self.root / f"{base}.parquet", metrics)
+        suffixes = ["safetensors", "parquet"]
+        for name, tensors in (extra or {}).items():
+            data = save_safetensors({k: v.contiguous() for k, v in tensors.items()}, {})
+            atomic_write_bytes(self.root / f"{base}.{name}.safetensors", data)
+            suffixes.append(f"{name}.safetensors")
         files = {
             f"{base}.{ext}": {
                 "sha256": sha256_file(self.root / f"{base}.{ext}"),
                 "bytes": (self.root / f"{base}.{ext}").stat().st_size,
             }
-            for ext in ("safetensors", "parquet")
+            for ext in suffixes
         }
         record = {
             "member_ids": [int(i) for i in member_ids],
@@ -363,6 +374,40 @@ class Zoo:
     def state_dict(self, member: int, epoch: int) -> dict[str, torch.Tensor]:
         """One member's ``state_dict`` (``weight``/``bias`` names) at ``epoch``."""
         return {k: v[0] for k, v in self.weights(epoch, [member]).items()}
+
+    @property
+    def derived_from(self) -> dict[str, Any] | None:
+        """For a derived zoo (canonicalized or aligned): parent and transform, else None."""
+        return self.manifest.get("derived_from")
+
+    def unit_transform(self, epoch: int, members: Iterable[int]):
+        """For a derived zoo: the :class:`~weightspace.symmetry.UnitTransform` that maps each
+        member's own weights at ``epoch`` to the stored ones (undo it with
+        :func:`~weightspace.symmetry.undo_transform`)."""
+        from weightspace.symmetry import UnitTransform
+
+        if self.derived_from is None:
+            raise ZooError(f"{self.root}: not a derived zoo, it stores no transforms")
+        ids = np.asarray(list(members), dtype=int)
+        rows = self.members.iloc[ids]
+        perms: dict[str, list] = {}
+        factors: dict[str, list] = {}
+        order = []
+        for shard, group in rows.groupby("shard", sort=True):
+            e = self._shard_epochs(int(shard)).index(epoch)
+            rel = f"{shard_name(int(shard))}.transform.safetensors"
+            with safe_open(str(self._check(rel)), framework="pt") as f:
+                local = torch.as_tensor(group["shard_row"].to_numpy().copy())
+                for key in f.keys():
+                    kind, name = key.split(".", 1)
+                    (perms if kind == "perm" else factors).setdefault(name, []).append(
+                        f.get_tensor(key)[local, e]
+                    )
+            order.append(np.flatnonzero(np.isin(ids, group["member_id"].to_numpy())))
+        back = torch.from_numpy(np.argsort(np.concatenate(order), kind="stable"))
+        cat = {k: torch.cat(v)[back] for k, v in perms.items()}
+        fac = {k: torch.cat(v)[back] for k, v in factors.items()} or None
+        return UnitTransform(cat, fac)
 
     def module(self, member: int, epoch: int | None = None) -> MLP:
         """The member as a plain ``torch.nn.Module`` (default: its last checkpoint)."""

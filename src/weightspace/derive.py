@@ -1,0 +1,221 @@
+"""Derived zoos: a zoo rewritten in a symmetry-reduced frame, in the same on-disk format.
+
+``derive(cfg)`` (``scripts/canonicalize_zoo.py``) reads a parent zoo and writes a new zoo
+whose members compute exactly the same functions, with weights
+
+- ``canonical``: in canonical form, each checkpoint on its own (:func:`symmetry.canonicalize`);
+- ``align``: matched onto one reference member by weight matching (Git Re-Basin);
+- ``merge_many``: matched all together onto the zoo's own mean (MergeMany), so the whole zoo
+  shares one frame.
+
+For ``align`` and ``merge_many`` the matching is found on one checkpoint (``transform.epoch``,
+default the last) and applied to all checkpoints of the member, so trajectories stay in one
+frame. Each shard stores the transform that maps a member's own weights to the derived ones
+(``shard-K.transform.safetensors``: ``perm.P_l`` and, where units were rescaled or flipped,
+``factor.P_l``, both ``(members, checkpoints, width)``), so decoded weights can be mapped
+back to the member's frame with :func:`symmetry.undo_transform`. The metrics are the parent's
+(the functions are unchanged; a test checks it). The manifest names the transform and the
+parent's manifest checksum.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+from safetensors import safe_open
+from tqdm.auto import tqdm
+
+from weightspace.config import fingerprint, to_dict
+from weightspace.errors import ConfigError, ZooError
+from weightspace.mlp import MLPSpec
+from weightspace.symmetry import (
+    UnitTransform,
+    apply_transform,
+    canonicalize,
+    merge_many,
+    weight_matching,
+)
+from weightspace.zoo import Zoo, ZooWriter, sha256_file, shard_name
+
+KINDS = ("canonical", "align", "merge_many")
+
+
+def _shard_table(zoo: Zoo) -> dict[int, pd.DataFrame]:
+    return {int(s): g.sort_values("shard_row") for s, g in zoo.members.groupby("shard")}
+
+
+def _shard_epochs(zoo: Zoo, shard: int) -> list[int]:
+    path = zoo.root / f"{shard_name(shard)}.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads(f.metadata()["epochs"])
+
+
+def _slice(t: UnitTransform, rows: np.ndarray) -> UnitTransform:
+    idx = torch.from_numpy(rows)
+    perms = {k: v[idx] for k, v in t.perms.items()}
+    factors = None if t.factors is None else {k: v[idx] for k, v in t.factors.items()}
+    return UnitTransform(perms, factors)
+
+
+def find_alignment(zoo: Zoo, tcfg: Any) -> dict[str, UnitTransform]:
+    """Per activation group, the transform of every member (rows in member_id order)."""
+    kind = tcfg["kind"]
+    epoch = tcfg.get("epoch")
+    out: dict[str, UnitTransform] = {}
+    for act, group in zoo.members.groupby("activation"):
+        ids = group["member_id"].to_numpy()
+        last = zoo.metrics[zoo.metrics["member_id"].isin(ids)].groupby("member_id")["epoch"].max()
+        e = int(epoch) if epoch is not None else int(last.min())
+        if (last < e).any():
+            raise ConfigError(f"transform.epoch: {e} is past the last checkpoint of some members")
+        spec = zoo.member_spec(int(ids[0]))
+        params = zoo.weights(e, ids)
+        sign_aware = bool(tcfg.get("sign_aware", False))
+        if kind == "align":
+            ref_id = int(tcfg.get("reference_member", 0))
+            if ref_id not in set(ids):
+                raise ConfigError(
+                    f"transform.reference_member: member {ref_id} is not a {act} member"
+                )
+            reference = zoo.weights(e, [ref_id])
+            t = weight_matching(
+                params,
+                reference,
+                spec,
+                int(tcfg.get("max_iter", 100)),
+                int(tcfg.get("seed", 0)),
+                sign_aware=sign_aware,
+            ).transform
+        else:
+            _, t, _ = merge_many(
+                params,
+                spec,
+                int(tcfg.get("max_iter", 100)),
+                int(tcfg.get("seed", 0)),
+                sign_aware=sign_aware,
+            )
+        out[str(act)] = t
+    return out
+
+
+def _transform_tensors(ts: list[UnitTransform]) -> dict[str, torch.Tensor]:
+    """Per-checkpoint transforms of a shard's members as (members, checkpoints, width)."""
+    out = {f"perm.{k}": torch.stack([t.perms[k] for t in ts], 1) for k in ts[0].perms}
+    if ts[0].factors is not None:
+        out |= {f"factor.{k}": torch.stack([t.factors[k] for t in ts], 1) for k in ts[0].factors}
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def derive(cfg: DictConfig) -> Path:
+    """Write the derived zoo the config describes; returns its path. Resumes like generate."""
+    t0 = time.perf_counter()
+    tcfg = to_dict(cfg.transform)
+    kind = tcfg.get("kind")
+    if kind not in KINDS:
+        raise ConfigError(f"transform.kind: unknown '{kind}' (choose from {', '.join(KINDS)})")
+    parent = Zoo.open(cfg.parent)
+    if Path(cfg.out).resolve() == parent.root.resolve():
+        raise ConfigError("out: the derived zoo must not overwrite its parent")
+    parent_cfg = parent.config
+    resolved = {**parent_cfg, "derive": {"parent": str(parent.root), "transform": tcfg}}
+    parent_manifest_sha = sha256_file(parent.root / "manifest.json")
+    writer = ZooWriter(
+        cfg.out,
+        OmegaConf.to_yaml(OmegaConf.create(resolved)),
+        fingerprint({"parent": parent.manifest["fingerprint"], "transform": tcfg}),
+        bool(cfg.get("overwrite", False)),
+    )
+
+    shards = _shard_table(parent)
+    todo = [s for s in shards if not writer.shard_done(s)]
+    aligned = find_alignment(parent, tcfg) if kind != "canonical" and todo else {}
+    row_of = {}  # member_id -> row in its activation group's transform
+    for _, group in parent.members.groupby("activation"):
+        row_of.update({int(m): r for r, m in enumerate(group["member_id"])})
+
+    bar = tqdm(
+        total=len(todo),
+        unit="shard",
+        desc=f"{kind} {Path(cfg.out).name}",
+        disable=not cfg.get("progress", True),
+        dynamic_ncols=True,
+    )
+    with bar:
+        for s in todo:
+            rows = shards[s]
+            ids = rows["member_id"].to_numpy()
+            spec: MLPSpec = parent.member_spec(int(ids[0]))
+            epochs = _shard_epochs(parent, s)
+            per_epoch, transforms = [], []
+            for e in epochs:
+                params = parent.weights(e, ids, trainable=True)
+                if kind == "canonical":
+                    new, t = canonicalize(
+                        params, spec, tcfg.get("sort_key"), tcfg.get("sign"), tcfg.get("scale")
+                    )
+                else:
+                    t = _slice(aligned[spec.activation], np.array([row_of[int(i)] for i in ids]))
+                    new = apply_transform(params, spec, t)
+                per_epoch.append(new)
+                transforms.append(t)
+            weights = {k: torch.stack([p[k] for p in per_epoch], 1) for k in per_epoch[0]}
+            metrics = parent.metrics[parent.metrics["member_id"].isin(ids)]
+            writer.write_shard(
+                s,
+                ids,
+                epochs,
+                weights,
+                metrics.reset_index(drop=True),
+                rows["diverged_epoch"].to_numpy(),
+                extra={"transform": _transform_tensors(transforms)},
+            )
+            bar.update(1)
+
+    members = parent.members.drop(columns=["diverged", "diverged_epoch"])
+    manifest = {
+        k: v
+        for k, v in parent.manifest.items()
+        if k
+        not in (
+            "files",
+            "fingerprint",
+            "n_members",
+            "n_shards",
+            "n_diverged",
+            "schema_version",
+            "weightspace_version",
+        )
+    }
+    manifest["derived_from"] = {
+        "path": str(parent.root),
+        "manifest_sha256": parent_manifest_sha,
+        "fingerprint": parent.manifest["fingerprint"],
+        "transform": tcfg,
+    }
+    writer.finalize(members, manifest)
+    zoo = Zoo.open(cfg.out)
+    if zoo.manifest["n_members"] != len(parent):
+        raise ZooError(f"{cfg.out}: derived zoo has {len(zoo)} members, parent {len(parent)}")
+    print(f"{kind} zoo: {zoo.root} ({len(zoo)} members, {time.perf_counter() - t0:.1f} s)")
+    return zoo.root
+
+
+def cli() -> None:
+    """The ``weightspace-canonicalize`` console script (``scripts/canonicalize_zoo.py``)."""
+    import hydra
+
+    from weightspace.cli import run_or_exit
+    from weightspace.config import CONF_DIR
+
+    @hydra.main(config_path=str(CONF_DIR), config_name="canonicalize", version_base="1.3")
+    def main(cfg: DictConfig) -> None:
+        run_or_exit(derive, cfg)
+
+    main()
