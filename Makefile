@@ -20,8 +20,10 @@ demo: $(BIN)/.installed  ## the main job end to end on the embedded default data
 test: $(BIN)/.installed  ## the whole test suite (slow tests included)
 	$(BIN)/python -m pytest -q
 
-bench: $(BIN)/.installed  ## zoo training speed against the usual ways (minutes)
+bench: $(BIN)/.installed  ## speed and symmetry measurements against the usual ways (minutes)
+	$(BIN)/python -m pip install -q -e ".[bench]"
 	$(BIN)/python benchmarks/bench_zoo.py
+	$(BIN)/python benchmarks/bench_symmetry.py
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check src scripts tests benchmarks
