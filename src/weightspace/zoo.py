@@ -245,6 +245,13 @@ class Zoo:
         self.manifest = manifest
         self.verify = verify
         self._verified: set[str] = set()
+        self._maps: dict[int, tuple[list[int], dict[str, np.ndarray]]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Memory maps and cached tables stay behind: a worker process opens its own.
+        state = {k: v for k, v in self.__dict__.items() if k not in ("members", "metrics")}
+        state["_maps"] = {}
+        return state
 
     @classmethod
     def open(cls, path: str | Path, verify: bool = True) -> Zoo:
@@ -325,9 +332,31 @@ class Zoo:
         )
 
     # ---- weights
+    def _shard_map(self, shard: int) -> tuple[list[int], dict[str, np.ndarray]]:
+        """The shard's checkpoint epochs and its tensors as read-only memory maps.
+
+        A safetensors file is an 8-byte header length, a JSON header with each tensor's dtype,
+        shape and byte range, then the raw little-endian data: numpy maps it directly, and
+        fancy indexing then reads just the rows asked for.
+        """
+        if shard not in self._maps:
+            path = self._check(f"{shard_name(shard)}.safetensors")
+            with open(path, "rb") as f:
+                n = int.from_bytes(f.read(8), "little")
+                header = json.loads(f.read(n))
+            meta = header.pop("__metadata__", {})
+            raw = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n)
+            arrays = {}
+            for name, info in header.items():
+                if info["dtype"] != "F32":
+                    raise ZooError(f"{path}: tensor {name} is {info['dtype']}, expected F32")
+                lo, hi = info["data_offsets"]
+                arrays[name] = raw[lo:hi].view("<f4").reshape(info["shape"])
+            self._maps[shard] = (json.loads(meta["epochs"]), arrays)
+        return self._maps[shard]
+
     def _shard_epochs(self, shard: int) -> list[int]:
-        record = json.loads((self.root / f"{shard_name(shard)}.json").read_text())
-        return record["epochs"]
+        return self._shard_map(shard)[0]
 
     def weights(
         self, epoch: int, members: Iterable[int] | None = None, trainable: bool = False
@@ -336,6 +365,7 @@ class Zoo:
 
         Returns ``{name: (len(members), ...)}`` with effective ``weight``/``bias`` names, plus
         ``weight_g``/``weight_v`` when ``trainable`` and the zoo uses weight normalization.
+        Only the requested rows are read from the memory-mapped shards.
         """
         ids = np.arange(len(self)) if members is None else np.asarray(list(members), dtype=int)
         if len(ids) and (ids.min() < 0 or ids.max() >= len(self)):
@@ -346,26 +376,27 @@ class Zoo:
         names = list(spec.param_shapes())
         if trainable and spec.weight_norm:
             names += [n for n in spec.param_shapes(trainable=True) if n not in names]
-        rows = self.members.iloc[ids]
-        out = {n: torch.empty((len(ids), *self._shape(n)), dtype=torch.float32) for n in names}
-        for shard, group in rows.groupby("shard", sort=True):
-            shard = int(shard)
-            epochs = self._shard_epochs(shard)
+        shard_of, row_of = self._locations
+        shards, rows = shard_of[ids], row_of[ids]
+        out = {n: np.empty((len(ids), *self._shape(n)), dtype=np.float32) for n in names}
+        for shard in np.unique(shards):
+            epochs, arrays = self._shard_map(int(shard))
             if epoch not in epochs:
                 raise ZooError(
-                    f"{self.root / shard_name(shard)}.safetensors: no checkpoint at epoch {epoch} "
-                    f"(this shard holds {epochs})"
+                    f"{self.root / shard_name(int(shard))}.safetensors: no checkpoint at epoch "
+                    f"{epoch} (this shard holds {epochs})"
                 )
             e = epochs.index(epoch)
-            where = np.flatnonzero(np.isin(ids, group["member_id"].to_numpy()))
-            local = group["shard_row"].to_numpy()
-            lo, hi = int(local.min()), int(local.max()) + 1
-            path = self._check(f"{shard_name(shard)}.safetensors")
-            with safe_open(str(path), framework="pt") as f:
-                for n in names:
-                    block = f.get_slice(n)[lo:hi, e]  # reads only this range of members
-                    out[n][where] = block[torch.from_numpy(local - lo)]
-        return out
+            where = np.flatnonzero(shards == shard)
+            for n in names:
+                out[n][where] = arrays[n][rows[where], e]
+        return {n: torch.from_numpy(v) for n, v in out.items()}
+
+    @cached_property
+    def _locations(self) -> tuple[np.ndarray, np.ndarray]:
+        """(shard, row in shard) of every member, as arrays indexed by member id."""
+        m = self.members
+        return m["shard"].to_numpy(np.int64), m["shard_row"].to_numpy(np.int64)
 
     def _shape(self, name: str) -> tuple[int, ...]:
         spec = self.spec
