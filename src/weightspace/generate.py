@@ -41,8 +41,15 @@ class ZooSummary:
     n_diverged: int
     seconds: float
     final_test_acc: dict[str, float] = field(default_factory=dict)  # quantiles
+    missing_shards: list[int] = field(default_factory=list)  # other jobs' part, not done yet
 
     def __str__(self) -> str:
+        if self.missing_shards:
+            return (
+                f"zoo: {self.path} (incomplete)\n"
+                f"this job trained {self.n_trained} members in {self.seconds:.1f} s; "
+                f"{len(self.missing_shards)} shard(s) still missing: {self.missing_shards}"
+            )
         q = ", ".join(f"{k} {v:.3f}" for k, v in self.final_test_acc.items())
         rate = self.n_trained / self.seconds if self.seconds > 0 else float("nan")
         return (
@@ -120,11 +127,20 @@ def generate(cfg: DictConfig) -> ZooSummary:
     checkpoint_epochs(requested, 1)  # validate early
     device = resolve_device(str(cfg.get("device", "cpu")))
 
+    job = zcfg.get("shard")
+    n_jobs = 1 if zcfg.get("num_shards") is None else int(zcfg.num_shards)
+    if n_jobs < 1:
+        raise ConfigError(f"zoo.num_shards: must be >= 1, got {n_jobs}")
+    if job is not None and not 0 <= int(job) < n_jobs:
+        raise ConfigError(f"zoo.shard: must be in [0, {n_jobs}) or null, got {job}")
+
     resolved = to_dict(cfg)
+    # Which job makes which part does not change the zoo: every job shares one fingerprint.
+    local = ("path", "name", "shard", "num_shards")
     defining = {
         "task": {k: v for k, v in resolved["task"].items() if k != "data_dir"},
         "model": resolved["model"],
-        "zoo": {k: v for k, v in resolved["zoo"].items() if k not in ("path", "name")},
+        "zoo": {k: v for k, v in resolved["zoo"].items() if k not in local},
         "device": device.type,
     }
     writer = ZooWriter(
@@ -134,8 +150,11 @@ def generate(cfg: DictConfig) -> ZooSummary:
         bool(cfg.get("overwrite", False)),
     )
 
-    shards = sorted(members["shard"].unique())
-    todo = [s for s in shards if not writer.shard_done(int(s))]
+    shards = [int(s) for s in sorted(members["shard"].unique())]
+    writer.write_plan(len(shards))
+    # Job `zoo.shard` of `zoo.num_shards` makes every num_shards-th storage shard.
+    mine = shards if job is None else [s for s in shards if s % n_jobs == int(job)]
+    todo = [s for s in mine if not writer.shard_done(s)]
     n_todo = int(members["shard"].isin(todo).sum())
     bar = tqdm(
         total=n_todo,
@@ -171,6 +190,17 @@ def generate(cfg: DictConfig) -> ZooSummary:
                 result.diverged_epoch,
             )
             bar.set_postfix(shard=f"{todo.index(s) + 1}/{len(todo)}")
+
+    missing = [s for s in shards if not writer.shard_done(s)]
+    if missing:
+        return ZooSummary(
+            Path(zcfg.path),
+            len(members),
+            n_todo,
+            0,
+            time.perf_counter() - t0,
+            missing_shards=missing,
+        )
 
     all_epochs = sorted(
         {e for n in members["epochs"].unique() for e in checkpoint_epochs(requested, int(n))}

@@ -125,12 +125,22 @@ class ZooWriter:
         atomic_write_bytes(self.root / "config.yaml", config_yaml.encode())
 
     def _clear(self) -> None:
-        for name in (MANIFEST, "members.parquet", "metrics.parquet", "fingerprint.txt"):
+        for name in (
+            MANIFEST,
+            "members.parquet",
+            "metrics.parquet",
+            "fingerprint.txt",
+            "plan.json",
+        ):
             (self.root / name).unlink(missing_ok=True)
         shards = self.root / "shards"
         if shards.exists():
             for f in shards.iterdir():
                 f.unlink()
+
+    def write_plan(self, n_shards: int) -> None:
+        """Record how many shards the zoo has, so an unfinished zoo can say which are missing."""
+        atomic_write_bytes(self.root / "plan.json", json.dumps({"n_shards": n_shards}).encode())
 
     def shard_done(self, index: int) -> bool:
         """A shard counts as done when its record exists and its files match it."""
@@ -231,6 +241,24 @@ class ZooWriter:
 
 
 # --------------------------------------------------------------------------- reading
+def _unfinished_hint(root: Path) -> str:
+    """Why a folder without a manifest is not a zoo yet, and what to run."""
+    if not (root / "fingerprint.txt").exists():
+        return "no zoo here"
+    plan = root / "plan.json"
+    if not plan.exists():
+        return "generation did not finish; re-run the same command to resume"
+    n = json.loads(plan.read_text())["n_shards"]
+    missing = [s for s in range(n) if not (root / f"{shard_name(s)}.json").exists()]
+    if not missing:
+        return "all shards are done; re-run the command once more to finish the zoo"
+    shown = ", ".join(map(str, missing[:20])) + (" ..." if len(missing) > 20 else "")
+    return (
+        f"generation did not finish: {len(missing)} of {n} shards missing ({shown}); "
+        "run the remaining jobs (zoo.shard=i zoo.num_shards=K) or re-run the same command"
+    )
+
+
 class Zoo:
     """A zoo opened from disk: tables in memory, weights memory-mapped and read on demand.
 
@@ -259,12 +287,7 @@ class Zoo:
         root = Path(path)
         mpath = root / MANIFEST
         if not mpath.exists():
-            hint = (
-                "generation did not finish; re-run the same command to resume"
-                if (root / "fingerprint.txt").exists()
-                else "no zoo here"
-            )
-            raise ZooError(f"{mpath}: missing ({hint})")
+            raise ZooError(f"{mpath}: missing ({_unfinished_hint(root)})")
         try:
             manifest = json.loads(mpath.read_text())
         except json.JSONDecodeError as e:
