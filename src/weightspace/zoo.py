@@ -251,7 +251,7 @@ def _unfinished_hint(root: Path) -> str:
     n = json.loads(plan.read_text())["n_shards"]
     missing = [s for s in range(n) if not (root / f"{shard_name(s)}.json").exists()]
     if not missing:
-        return "all shards are done; re-run the command once more to finish the zoo"
+        return "all shards are done; re-run the same command to resume and finish the zoo"
     shown = ", ".join(map(str, missing[:20])) + (" ..." if len(missing) > 20 else "")
     return (
         f"generation did not finish: {len(missing)} of {n} shards missing ({shown}); "
