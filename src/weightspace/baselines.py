@@ -1,0 +1,68 @@
+"""The field's baseline representations of trained networks, to probe next to a learned latent.
+
+- **Layer statistics** (Unterthiner et al., 2020, "Predicting Neural Network Accuracy from
+  Weights"): for every weight and bias tensor its mean, standard deviation, quantiles
+  0 / 25 / 50 / 75 / 100 % and L2 norm (Frobenius for a weight matrix): 8 numbers per tensor,
+  invariant to hidden-unit permutations. Their paper's strongest predictor is gradient
+  boosting on exactly these features.
+- **Raw weights**: the flat normalized vector the autoencoder itself reads.
+- **PCA** of the flat normalized vectors with as many components as the latent, fitted on
+  the training split only: the linear autoencoder of the same width, for probes and for
+  reconstruction alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+from sklearn.decomposition import PCA
+from torch import Tensor
+
+from weightspace.mlp import MLPSpec, effective_params
+
+__all__ = ["QUANTILES", "STATISTICS", "fit_pca", "layer_statistic_names", "layer_statistics"]
+
+QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
+STATISTICS = ("mean", "std", "q0", "q25", "q50", "q75", "q100", "l2")
+
+
+def layer_statistic_names(spec: MLPSpec) -> list[str]:
+    """Feature names of :func:`layer_statistics`: ``"{tensor}/{statistic}"``, tensor-major."""
+    return [f"{name}/{stat}" for name in spec.param_shapes() for stat in STATISTICS]
+
+
+def layer_statistics(params: Mapping[str, Tensor], spec: MLPSpec) -> np.ndarray:
+    """Per-tensor statistics of ``N`` stacked networks: ``(N, 8 * n_tensors)`` float64.
+
+    For each tensor of ``spec.param_shapes()`` (``layers.{l}.weight``, ``layers.{l}.bias``,
+    in ``state_dict`` order; weight-normalized parameters are resolved to the effective
+    weight first) the columns are :data:`STATISTICS`: mean, population std (ddof 0),
+    quantiles with linear interpolation (numpy's default) and the L2 / Frobenius norm.
+    Names in :func:`layer_statistic_names`. Pass the networks' own (denormalized) weights.
+    """
+    eff = effective_params(params, spec)
+    columns: list[np.ndarray] = []
+    for name in spec.param_shapes():
+        t = eff[name].detach()
+        x = t.reshape(t.shape[0], -1).double().cpu().numpy()  # (N, n_entries)
+        columns += [
+            x.mean(1),
+            x.std(1),
+            *np.quantile(x, QUANTILES, axis=1),  # (5, N)
+            np.linalg.norm(x, axis=1),
+        ]
+    return np.stack(columns, axis=1)
+
+
+def fit_pca(x_train: np.ndarray, n_components: int, seed: int = 0) -> PCA:
+    """PCA of the training vectors ``(N, D)`` with ``n_components`` components (at most
+    ``min(N, D)``; the fitted ``n_components_`` says how many). Seeded, so the randomized
+    solver scikit-learn picks for large inputs is reproducible."""
+    x = np.asarray(x_train, dtype=np.float64)
+    k = int(min(n_components, *x.shape))
+    if k < 1:
+        raise ValueError(f"PCA: need n_components >= 1 and a non-empty (N, D), got {x.shape}")
+    # Exact SVD while it is cheap; scikit-learn's choice (randomized for large inputs) beyond.
+    solver = "full" if x.size <= 10_000_000 else "auto"
+    return PCA(n_components=k, svd_solver=solver, random_state=seed).fit(x)
