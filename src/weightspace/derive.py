@@ -135,7 +135,11 @@ def derive(cfg: DictConfig) -> Path:
 
     shards = _shard_table(parent)
     todo = [s for s in shards if not writer.shard_done(s)]
-    aligned = find_alignment(parent, tcfg) if kind != "canonical" and todo else {}
+    aligned: dict[str, UnitTransform] = {}
+    if kind != "canonical" and todo:
+        # One search over the whole zoo before any shard is written (minutes for thousands).
+        print(f"{kind}: matching {len(parent)} members ...", flush=True)
+        aligned = find_alignment(parent, tcfg)
     row_of = {}  # member_id -> row in its activation group's transform
     for _, group in parent.members.groupby("activation"):
         row_of.update({int(m): r for r, m in enumerate(group["member_id"])})

@@ -1,0 +1,281 @@
+"""Autoencoder training: ``train(cfg)`` fits a :class:`WeightAutoencoder` on a zoo.
+
+``scripts/train_autoencoder.py`` is a thin Hydra wrapper around it; tests call it directly. The
+configs are in ``conf/autoencoder/`` (:data:`CONFIG_DIR`, primary config ``train_autoencoder``),
+a config root of their own because the generator's ``zoo`` group in ``conf/`` would turn
+``zoo=PATH`` into a group choice. A run folder holds everything a run writes::
+
+    <run_dir>/
+      run.json              zoo path and the W&B run id (a resumed run continues that W&B run)
+      config.yaml           the resolved config
+      checkpoints/          last.ckpt and best-*.ckpt (lowest val/recon)
+      csv/version_N/        metrics.csv and hparams.yaml (a new version per resume)
+      metrics.json          the final metrics ``train`` returns
+
+``run_dir`` defaults to the Hydra job's output folder, and when resuming from ``ckpt_path``
+to the run folder that checkpoint belongs to. Files are written by rank zero only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import wandb
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
+from pytorch_lightning.utilities import rank_zero_only
+
+from weightspace.autoencoder import WeightAutoencoder
+from weightspace.config import CONF_DIR, to_dict
+from weightspace.dataset import WeightDataModule
+from weightspace.errors import ConfigError, ZooError
+from weightspace.generate import wandb_mode
+from weightspace.zoo import MANIFEST
+
+log = logging.getLogger(__name__)
+
+CONFIG_DIR = CONF_DIR / "autoencoder"
+CONFIG_NAME = "train_autoencoder"
+RUN_FILE = "run.json"
+
+
+def resolve_zoo(cfg: DictConfig) -> Path:
+    """The zoo to read: ``cfg.zoo`` (a folder, or a zoo name under ``paths.zoo_dir``), or its
+    derived zoo when ``canon.derived`` names one."""
+    try:
+        zoo = cfg.zoo
+    except MissingMandatoryValue:
+        zoo = None
+    if not zoo:
+        raise ConfigError("zoo: required, a zoo folder or a name under paths.zoo_dir")
+    parent = Path(str(zoo)).expanduser()
+    if not parent.is_absolute() and not parent.exists():
+        parent = Path(cfg.paths.zoo_dir) / parent
+    parent = parent.resolve()
+    if not (parent / MANIFEST).exists():
+        raise ZooError(f"zoo: {parent} is not a finished zoo (no {MANIFEST})")
+    derived = cfg.canon.get("derived")
+    if not derived:
+        return parent
+    path = parent.with_name(f"{parent.name}-{derived}")
+    if not (path / MANIFEST).exists():
+        raise ZooError(
+            f"canon={cfg.canon.name}: needs the derived zoo {path}; make it with "
+            f"`python scripts/canonicalize_zoo.py parent={parent} transform.kind={derived}`"
+        )
+    return path
+
+
+def resolve_run_dir(cfg: DictConfig) -> Path:
+    """``cfg.run_dir``; else the resumed checkpoint's run folder; else Hydra's output folder."""
+    if cfg.get("run_dir"):
+        return Path(cfg.run_dir)
+    if cfg.get("ckpt_path"):
+        run = Path(cfg.ckpt_path).resolve().parent.parent  # <run>/checkpoints/last.ckpt
+        if (run / RUN_FILE).exists():
+            return run
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    raise ConfigError("run_dir: not set and no Hydra run folder to default to; set run_dir=PATH")
+
+
+def _run_record(run_dir: Path, zoo: Path) -> dict[str, Any]:
+    """The run's record: read back when resuming (same W&B id), else a new one."""
+    path = run_dir / RUN_FILE
+    if path.exists():
+        return json.loads(path.read_text())
+    return {"zoo": str(zoo), "wandb_id": uuid.uuid4().hex[:12]}
+
+
+@rank_zero_only
+def _write_run_files(run_dir: Path, record: dict[str, Any], cfg: DictConfig) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / RUN_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+
+@rank_zero_only
+def _write_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+
+
+def _wandb_group(cfg: DictConfig) -> str | None:
+    """``logger.group``; by default the jobs of one Hydra multirun share its sweep folder's name."""
+    if cfg.logger.get("group"):
+        return str(cfg.logger.group)
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return Path(HydraConfig.get().sweep.dir).name
+    return None
+
+
+def build_loggers(cfg: DictConfig, run_dir: Path, wandb_id: str) -> list[Logger]:
+    """CSV always (into the run folder); W&B with ``logger=wandb``, offline unless logged in."""
+    loggers: list[Logger] = [CSVLogger(save_dir=run_dir, name="csv")]
+    lcfg = cfg.logger
+    if lcfg.get("name") == "wandb":
+        Path(lcfg.dir).mkdir(parents=True, exist_ok=True)
+        loggers.append(
+            WandbLogger(
+                name=cfg.get("name"),
+                project=lcfg.project,
+                entity=lcfg.get("entity"),
+                group=_wandb_group(cfg),
+                tags=list(lcfg.get("tags") or []),
+                save_dir=lcfg.dir,
+                id=wandb_id,  # WandbLogger passes resume="allow": a resume continues the run
+                mode=wandb_mode(lcfg.get("mode")),
+                job_type="autoencoder",
+                config=to_dict(cfg),
+            )
+        )
+    return loggers
+
+
+def build_callbacks(run_dir: Path) -> list[Callback]:
+    """The last checkpoint (for resuming) and the best one on ``val/recon``."""
+    return [
+        ModelCheckpoint(
+            dirpath=run_dir / "checkpoints",
+            filename="best-{epoch:03d}-{step}",
+            monitor="val/recon",
+            mode="min",
+            save_top_k=1,
+            save_last=True,
+            auto_insert_metric_name=False,
+        )
+    ]
+
+
+def _evaluate(
+    cfg: DictConfig, model: WeightAutoencoder, datamodule: WeightDataModule, run_dir: Path
+) -> dict[str, Any] | None:
+    """End-of-training evaluation on the held-out members (:mod:`weightspace.evaluation`):
+    probes against the baselines, reconstruction, generation. Written to
+    ``run_dir/evaluation/`` and logged to W&B as tables, on rank zero only."""
+    if not cfg.get("evaluate", False) or not rank_zero_only.rank == 0:
+        return None
+    from weightspace.evaluation import evaluate_autoencoder, write_results
+
+    results = evaluate_autoencoder(model, datamodule, seed=int(cfg.seed))
+    write_results(results, run_dir / "evaluation")
+    if wandb.run is not None:
+        rec = results["reconstruction"].reset_index(names="model")
+        wandb.log(
+            {
+                "eval/probes": wandb.Table(dataframe=results["probes"]),
+                "eval/reconstruction": wandb.Table(dataframe=rec),
+            }
+        )
+        wandb.run.summary.update(
+            {
+                f"eval/generation/{k}": v
+                for k, v in results["generation"].items()
+                if isinstance(v, (int, float))
+            }
+        )
+    return results
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train the autoencoder the config describes (resuming from ``ckpt_path`` if given).
+
+    Returns the final metrics (``train/*``, ``val/*`` at the end of fitting, ``test/*`` of
+    the best checkpoint on the held-out members), ``global_step``, and the paths
+    ``run_dir``, ``best_checkpoint`` and ``last_checkpoint``.
+    """
+    zoo = resolve_zoo(cfg)
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path and not Path(ckpt_path).is_file():
+        raise ConfigError(f"ckpt_path: {ckpt_path} is not a file")
+    pl.seed_everything(int(cfg.seed), workers=True)
+
+    datamodule: WeightDataModule = instantiate(cfg.data, zoo_paths=str(zoo), _convert_="all")
+    model = instantiate(cfg.model, _convert_="all")(datamodule, probe_seed=int(cfg.seed))
+
+    run_dir = resolve_run_dir(cfg)
+    record = _run_record(run_dir, zoo)
+    _write_run_files(run_dir, record, cfg)
+    loggers = build_loggers(cfg, run_dir, record["wandb_id"])
+    callbacks = build_callbacks(run_dir)
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, default_root_dir=str(run_dir), logger=loggers, callbacks=callbacks
+    )
+    checkpoint = trainer.checkpoint_callback
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        metrics["global_step"] = trainer.global_step
+        metrics["run_dir"] = str(run_dir)
+        # Read before testing: restoring the best checkpoint restores its callback state too.
+        metrics["best_checkpoint"] = (checkpoint and checkpoint.best_model_path) or None
+        metrics["last_checkpoint"] = (checkpoint and checkpoint.last_model_path) or None
+        # The held-out members, on the best checkpoint (the last weights under fast_dev_run).
+        tested = trainer.test(
+            model, datamodule=datamodule, ckpt_path=metrics["best_checkpoint"], verbose=False
+        )
+        metrics.update({k: float(v) for k, v in tested[0].items()})
+        _write_metrics(run_dir, metrics)
+
+        # ---- end-of-training evaluation (weightspace.evaluation): `model` holds the weights
+        # just tested; the results join the returned metrics under "evaluation".
+        results = _evaluate(cfg, model, datamodule, run_dir)
+        if results is not None:
+            metrics["evaluation"] = results
+    finally:
+        if any(isinstance(lg, WandbLogger) for lg in loggers):
+            import wandb
+
+            wandb.finish()
+    return metrics
+
+
+def summarize_evaluation(results: dict[str, Any], run_dir: Path) -> str:
+    """The results table and the headline reconstruction / generation numbers, for print."""
+    rec = results["reconstruction"]
+    gen = results["generation"]
+    lines = [
+        "",
+        "Held-out members: probes from each representation (R2 for numbers, accuracy for",
+        "categories), the same probe family on each:",
+        "",
+        results["table"],
+        "",
+        "Reconstruction (held-out):",
+        rec.to_string(float_format=lambda v: f"{v:.3f}"),
+        "",
+        "Generation: "
+        + ", ".join(
+            f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+            for k, v in gen.items()
+            if isinstance(v, (int, float, bool))
+        ),
+        "",
+        f"written to {run_dir / 'evaluation'}",
+    ]
+    return "\n".join(lines)
+
+
+def cli() -> None:
+    """The Hydra entry point of ``scripts/train_autoencoder.py``."""
+    import hydra
+
+    from weightspace.cli import run_or_exit
+
+    @hydra.main(config_path=str(CONFIG_DIR), config_name=CONFIG_NAME, version_base="1.3")
+    def main(cfg: DictConfig) -> None:
+        metrics = run_or_exit(train, cfg)
+        print(json.dumps({k: v for k, v in metrics.items() if k != "evaluation"}, indent=2))
+        if "evaluation" in metrics:
+            print(summarize_evaluation(metrics["evaluation"], Path(metrics["run_dir"])))
+
+    main()

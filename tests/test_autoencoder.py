@@ -1,0 +1,354 @@
+"""The weight autoencoder: losses, gradients, checkpoints, resume, configs and the entry point."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from conftest import REPO, cli_env
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from weightspace.autoencoder import WeightAutoencoder
+from weightspace.dataset import WeightDataModule, params_to_tokens, unflatten_params
+from weightspace.derive import derive
+from weightspace.errors import ConfigError, ZooError
+from weightspace.mlp import MLPSpec, forward
+from weightspace.train_ae import CONFIG_DIR, CONFIG_NAME, train
+
+SCRIPT = REPO / "scripts" / "train_autoencoder.py"
+
+# Small parts and few probe inputs: every test trains in seconds on one CPU thread.
+SMALL = {
+    "mlp": {"kind": "mlp", "hidden": [64]},
+    "transformer": {"kind": "transformer", "d_model": 32, "n_heads": 2, "n_layers": 1},
+}
+SMALL_OVERRIDES = (
+    "evaluate=false",  # weightspace.evaluation is tested on its own
+    "model.n_probe=64",
+    "data.batch_size=8",
+    "trainer.accelerator=cpu",
+    "trainer.enable_progress_bar=false",
+    "trainer.log_every_n_steps=1",
+)
+
+
+def part_overrides(part: str, kind: str) -> list[str]:
+    """Overrides that make ``model.<part>`` (encoder or decoder) of ``kind`` small."""
+    return [f"model.{part}.{k}={v}".replace(" ", "") for k, v in SMALL[kind].items() if k != "kind"]
+
+
+def ae_cfg(root: Path, zoo: Path | None, *overrides: str) -> DictConfig:
+    """The real autoencoder config with small parts, everything written under ``root``."""
+    choice = dict(o.split("=", 1) for o in overrides if o.startswith(("encoder=", "decoder=")))
+    encoder = choice.get("encoder", "mlp")
+    decoder = choice.get("decoder", encoder)
+    base = [f"paths.root_dir={root}", f"run_dir={root / 'run'}", *SMALL_OVERRIDES]
+    base += [f"zoo={zoo}"] if zoo is not None else []
+    base += part_overrides("encoder", encoder) + part_overrides("decoder", decoder)
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(CONFIG_NAME, overrides=[*base, *overrides])
+
+
+@pytest.fixture(scope="module")
+def datamodule(api_zoo_path) -> WeightDataModule:
+    dm = WeightDataModule(api_zoo_path, batch_size=8, seed=0)
+    dm.setup()
+    return dm
+
+
+@pytest.fixture(scope="module")
+def views_datamodule(api_zoo_path) -> WeightDataModule:
+    dm = WeightDataModule(
+        api_zoo_path, batch_size=8, seed=0, augment="weightspace.symmetry.augment", views=2
+    )
+    dm.setup()
+    return dm
+
+
+def small_model(dm: WeightDataModule, encoder: str = "mlp", **hparams) -> WeightAutoencoder:
+    torch.manual_seed(0)
+    parts = {"encoder": SMALL[encoder], "decoder": SMALL[encoder]}
+    return WeightAutoencoder.from_datamodule(dm, n_probe=64, scheduler=None, **parts, **hparams)
+
+
+# --------------------------------------------------------------------------- the module
+LOSSES = {
+    "recon": {},
+    "contrastive": {"recon_weight": 0.0, "contrastive_weight": 1.0},
+    "functional": {"recon_weight": 0.0, "functional_weight": 1.0},
+}
+
+
+@pytest.mark.parametrize(
+    "loss, encoder",
+    [("recon", "mlp"), ("contrastive", "mlp"), ("functional", "mlp"), ("recon", "transformer")],
+)
+def test_each_loss_decreases(loss, encoder, datamodule, views_datamodule):
+    dm = views_datamodule if loss == "contrastive" else datamodule
+    model = small_model(dm, encoder, **LOSSES[loss])
+    batch = next(iter(dm.train_dataloader()))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    values = []
+    for _ in range(50):
+        opt.zero_grad()
+        terms = model.compute_losses(batch)
+        terms["loss"].backward()
+        opt.step()
+        values.append(terms[loss].item())
+    assert values[-1] < 0.7 * values[0], f"{loss}: {values[0]:.4f} -> {values[-1]:.4f}"
+
+
+@pytest.mark.parametrize("encoder", ["mlp", "transformer"])
+def test_functional_gradient_reaches_the_decoder(encoder, datamodule):
+    model = small_model(datamodule, encoder, recon_weight=0.0, functional_weight=1.0)
+    batch = next(iter(datamodule.train_dataloader()))
+    terms = model.compute_losses(batch)
+    assert set(terms) >= {"functional", "loss"}
+    terms["loss"].backward()
+    for name, p in model.decoder.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient on decoder.{name}"
+    assert all(p.grad is not None for p in model.encoder.parameters())
+
+
+def test_decode_params_runs_with_the_functional_forward(datamodule):
+    model = small_model(datamodule).eval()
+    batch = next(iter(datamodule.val_dataloader()))
+    z = model.encode(batch)  # (B, latent)
+    params = model.decode_params(z)
+    spec = datamodule.spec
+    assert {n: tuple(p.shape[1:]) for n, p in params.items()} == spec.param_shapes()
+    out = forward(params, model.probe_inputs, spec)
+    assert out.shape == (len(z), 64, spec.widths[-1]) and torch.isfinite(out).all()
+    # The module's denormalization is the datamodule's normalizer.
+    expected = unflatten_params(datamodule.normalizer.denormalize(model.decode(z)), spec)
+    for n in params:
+        torch.testing.assert_close(params[n], expected[n])
+    # A batch, its weights and its neuron tokens encode alike.
+    tokens = params_to_tokens(unflatten_params(batch["weights"], spec), spec)
+    torch.testing.assert_close(model.encode({"tokens": tokens}), z)
+    torch.testing.assert_close(model.encode(batch["weights"]), z)
+
+
+def test_outputs_use_each_members_activation():
+    """Zoos may mix activations: each network runs with its own."""
+    spec = MLPSpec((4, 3, 2))
+    x = torch.randn(5, 4)
+    model = WeightAutoencoder(
+        widths=spec.widths, activations=["relu", "tanh"], n_probe=5, probe_inputs=x
+    )
+    flat = torch.randn(6, spec.n_params())
+    codes = torch.tensor([0, 1, 1, 0, 1, 0])
+    out = model.network_outputs(flat, codes)
+    params = unflatten_params(flat, spec)
+    for i, code in enumerate(codes.tolist()):
+        one = {n: p[i : i + 1] for n, p in params.items()}
+        expected = forward(one, x, spec, ["relu", "tanh"][code])[0]
+        torch.testing.assert_close(out[i], expected)
+
+
+def test_bad_options_are_config_errors(datamodule):
+    with pytest.raises(ConfigError, match="functional_kind"):
+        small_model(datamodule, functional_kind="l1")
+    with pytest.raises(ConfigError, match="encoder.kind"):
+        WeightAutoencoder.from_datamodule(datamodule, encoder={"kind": "cnn"})
+    with pytest.raises(ConfigError, match="recon_weight"):
+        small_model(datamodule, recon_weight=0.0)
+    model = small_model(datamodule, contrastive_weight=0.5)
+    with pytest.raises(ConfigError, match="two augmented views"):
+        model.compute_losses(next(iter(datamodule.train_dataloader())))
+
+
+@pytest.mark.parametrize("encoder", ["mlp", "transformer"])
+def test_checkpoint_reloads_strictly_with_identical_outputs(encoder, views_datamodule, tmp_path):
+    model = small_model(views_datamodule, encoder, contrastive_weight=0.1, functional_weight=1.0)
+    trainer = pl.Trainer(
+        max_steps=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(model, datamodule=views_datamodule)
+    path = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(path)
+
+    loaded = WeightAutoencoder.load_from_checkpoint(path, strict=True)  # no datamodule
+    model.eval()
+    loaded.eval()
+    batch = next(iter(views_datamodule.val_dataloader()))
+    with torch.no_grad():
+        for k, v in model.compute_losses(batch, functional=True).items():
+            assert torch.equal(loaded.compute_losses(batch, functional=True)[k], v), k
+        z = model.encode(batch)
+        assert torch.equal(loaded.encode(batch), z)
+        assert torch.equal(loaded.decode(z), model.decode(z))
+    assert torch.equal(loaded.probe_inputs, model.probe_inputs)
+    assert loaded.normalizer == views_datamodule.normalizer
+
+
+# --------------------------------------------------------------------------- train(cfg)
+@pytest.mark.parametrize("encoder", ["mlp", "transformer"])
+def test_train_fast_dev_run(encoder, api_zoo_path, tmp_path):
+    cfg = ae_cfg(
+        tmp_path,
+        api_zoo_path,
+        f"encoder={encoder}",
+        "canon=augment",
+        "model.functional_weight=1.0",
+        "trainer.fast_dev_run=true",
+    )
+    metrics = train(cfg)
+    for key in ("train/loss", "train/recon", "train/contrastive", "train/functional"):
+        assert key in metrics and torch.isfinite(torch.tensor(metrics[key])), key
+    for key in ("val/recon", "val/functional", "val/agreement", "test/recon", "test/functional"):
+        assert key in metrics, key
+    assert metrics["global_step"] == 1
+    run = Path(metrics["run_dir"])
+    assert run == tmp_path / "run"
+    assert json.loads((run / "run.json").read_text())["zoo"] == str(api_zoo_path)
+    assert OmegaConf.load(run / "config.yaml").model.encoder.kind == encoder
+
+
+@pytest.mark.parametrize("canon", ["none", "canonical", "augment"])
+@pytest.mark.parametrize("encoder, decoder", [("mlp", "mlp"), ("transformer", "mlp")])
+def test_every_config_builds(canon, encoder, decoder, api_zoo_path, tmp_path):
+    cfg = ae_cfg(
+        tmp_path, api_zoo_path, f"encoder={encoder}", f"decoder={decoder}", f"canon={canon}"
+    )
+    dm = instantiate(cfg.data, zoo_paths=str(api_zoo_path), _convert_="all")
+    model = instantiate(cfg.model, _convert_="all")(dm)
+    batch = next(iter(dm.train_dataloader()))
+    assert torch.isfinite(model.compute_losses(batch)["loss"])
+    assert (batch["weights"].dim() == 3) == (canon == "augment")
+    assert ("contrastive" in model.compute_losses(batch)) == (canon == "augment")
+
+
+@pytest.mark.parametrize("trainer", ["default", "ddp"])
+def test_trainer_configs_instantiate(trainer, tmp_path):
+    cfg = ae_cfg(tmp_path, None, f"trainer={trainer}")
+    built = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+    assert isinstance(built, pl.Trainer) and built.max_epochs == cfg.trainer.max_epochs
+
+
+def test_align_reads_the_merge_many_zoo(zoo_copy, tmp_path):
+    cfg = ae_cfg(tmp_path, zoo_copy, "canon=align", "trainer.fast_dev_run=true")
+    with pytest.raises(ZooError) as err:
+        train(cfg)
+    message = str(err.value)
+    assert "canon=align" in message and "\n" not in message
+    assert f"canonicalize_zoo.py parent={zoo_copy} transform.kind=merge_many" in message
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        dcfg = compose(
+            "canonicalize",
+            overrides=[f"parent={zoo_copy}", "transform.kind=merge_many", "progress=false"],
+        )
+    derive(dcfg)
+    metrics = train(cfg)
+    record = json.loads((Path(metrics["run_dir"]) / "run.json").read_text())
+    assert record["zoo"] == f"{zoo_copy}-merge_many"
+
+
+def test_missing_zoo_is_one_line_error_naming_the_option(tmp_path):
+    with pytest.raises(ConfigError, match=r"^zoo: required"):
+        train(ae_cfg(tmp_path, None))
+    with pytest.raises(ZooError, match=rf"^zoo: {tmp_path / 'zoos' / 'nameless'} is not"):
+        train(ae_cfg(tmp_path, Path("nameless")))  # a name: under paths.zoo_dir
+    with pytest.raises(ZooError, match=r"^zoo: .*nowhere is not a finished zoo") as err:
+        train(ae_cfg(tmp_path, tmp_path / "nowhere"))
+    assert "\n" not in str(err.value)
+
+
+def test_resume_continues_the_run(api_zoo_path, tmp_path):
+    first = train(ae_cfg(tmp_path, api_zoo_path, "trainer.max_epochs=1"))
+    run = Path(first["run_dir"])
+    assert Path(first["best_checkpoint"]).is_file() and Path(first["last_checkpoint"]).is_file()
+    wandb_id = json.loads((run / "run.json").read_text())["wandb_id"]
+
+    second = train(
+        ae_cfg(
+            tmp_path,
+            api_zoo_path,
+            "trainer.max_epochs=2",
+            "run_dir=null",  # the checkpoint's run folder is found from ckpt_path
+            f"ckpt_path={first['last_checkpoint']}",
+        )
+    )
+    assert second["run_dir"] == str(run)
+    assert second["global_step"] > first["global_step"] > 0
+    assert json.loads((run / "run.json").read_text())["wandb_id"] == wandb_id
+    assert (run / "csv" / "version_0" / "metrics.csv").is_file()
+    assert (run / "csv" / "version_1" / "metrics.csv").is_file()
+
+
+@pytest.mark.slow
+def test_resume_continues_the_wandb_run(api_zoo_path, tmp_path):
+    common = ("logger=wandb", "logger.mode=offline", "trainer.max_epochs=1")
+    first = train(ae_cfg(tmp_path, api_zoo_path, *common))
+    train(
+        ae_cfg(
+            tmp_path,
+            api_zoo_path,
+            *common,
+            "trainer.max_epochs=2",
+            f"ckpt_path={first['last_checkpoint']}",
+        )
+    )
+    wandb_id = json.loads((Path(first["run_dir"]) / "run.json").read_text())["wandb_id"]
+    runs = sorted((tmp_path / "outputs" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(r.name.endswith(wandb_id) for r in runs)
+
+
+# --------------------------------------------------------------------------- the script
+def run_script(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        env=cli_env(root),
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.slow
+def test_script_multirun_and_errors(api_zoo_path, tmp_path):
+    result = run_script(
+        tmp_path,
+        "-m",
+        f"zoo={api_zoo_path}",
+        "encoder=mlp,transformer",
+        "trainer.fast_dev_run=true",
+        *SMALL_OVERRIDES,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    runs = sorted((tmp_path / "outputs" / "autoencoder-multirun").glob("*/*/run.json"))
+    assert len(runs) == 2, "one run folder per job, under paths.log_dir"
+
+    result = run_script(tmp_path, f"zoo={tmp_path / 'nowhere'}")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: zoo: ")
+
+
+@pytest.mark.slow
+def test_training_ends_with_the_evaluation_written_to_the_run_folder(api_zoo_path, tmp_path):
+    """The whole end of the pipeline: train, test, then probes / reconstruction / generation
+    against the baselines on the held-out members, written as tables."""
+    cfg = ae_cfg(tmp_path, api_zoo_path, "evaluate=true", "trainer.max_epochs=2")
+    metrics = train(cfg)
+    results = metrics["evaluation"]
+    assert {"latent", "stats", "pca"} <= set(results["probes"]["representation"])
+    assert {"autoencoder", "pca"} <= set(results["reconstruction"].index)
+    folder = Path(metrics["run_dir"]) / "evaluation"
+    for name in ("probes.csv", "reconstruction.csv", "table.md", "results.json"):
+        assert (folder / name).stat().st_size > 0, name
+    assert "test_acc" in (folder / "table.md").read_text()
