@@ -1,0 +1,277 @@
+"""``analyze(cfg)``: zoos in, one report out (``scripts/analyze.py``, ``conf/analyze.yaml``).
+
+The config's ``sections`` are answered in order (:mod:`weightspace.analysis.sections`); the
+report goes to ``out`` as ``report.html`` (figures embedded), one PNG per figure and
+``figures.json`` with every figure's numbers, and to W&B with ``logger=wandb``.
+
+Presets (``conf/experiment/analysis/*.yaml``) can make their zoos first: ``generate.<key>``
+lists named candidate zoo configs (overrides of ``conf/generate.yaml``) for ``zoo`` or
+``compare_zoo``; when that key is null, the first candidate whose task data is on disk is
+generated (or resumed, or found finished) and analysed. A path given on the command line
+wins over the preset's zoo.
+
+**Why the config is composed from a folder of links.** ``conf/`` holds the generator's
+``zoo`` group and the autoencoder's ``autoencoder`` folder, and Hydra reads a command-line
+``zoo=PATH`` whose key names a config group as a group choice ("Could not override 'zoo'").
+The analysis therefore composes ``conf/analyze.yaml`` from a temporary folder that links only
+the files it uses (``analyze.yaml``, ``paths/``, ``logger/``, ``experiment/analysis/``), so
+``zoo=PATH`` and ``autoencoder=RUN`` are plain values; the YAML files stay where they are.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+from omegaconf.errors import MissingMandatoryValue
+
+from weightspace.analysis.sections import SECTIONS, Inputs
+from weightspace.config import CONF_DIR, to_dict
+from weightspace.errors import ConfigError, DataError, ZooError
+from weightspace.report import Report, log_wandb, write_report
+from weightspace.zoo import MANIFEST, Zoo
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "analyze"
+# What conf/analyze.yaml composes from (see the module docs).
+CONFIG_LINKS = ("analyze.yaml", "paths", "logger", "experiment/analysis")
+# Section 5 comes with the autoencoder: accepted in `sections`, answered with a note.
+PLANNED_SECTIONS = {"latent_space": "section 5 (latent space) comes with the autoencoder"}
+
+
+# --------------------------------------------------------------------------- config
+@contextmanager
+def config_dir() -> Iterator[Path]:
+    """A temporary config folder linking the parts of ``conf/`` the analysis composes."""
+    with tempfile.TemporaryDirectory(prefix="weightspace-analyze-conf-") as tmp:
+        root = Path(tmp)
+        for rel in CONFIG_LINKS:
+            link = root / rel
+            link.parent.mkdir(parents=True, exist_ok=True)
+            target = CONF_DIR / rel
+            os.symlink(target, link, target_is_directory=target.is_dir())
+        yield root
+
+
+def compose_config(*overrides: str) -> DictConfig:
+    """``conf/analyze.yaml`` with ``overrides``, as the command line would compose it."""
+    from hydra import compose, initialize_config_dir
+
+    with config_dir() as d, initialize_config_dir(str(d), version_base="1.3"):
+        return compose(CONFIG_NAME, overrides=list(overrides))
+
+
+def compose_generate(overrides: list[str]) -> DictConfig:
+    """``conf/generate.yaml`` with ``overrides``, usable inside a running Hydra app.
+
+    ``hydra.compose`` needs the global Hydra instance, which a running ``@hydra.main`` app
+    holds with its own search path; a private config loader over ``conf/`` avoids that.
+    """
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.utils import create_config_search_path
+    from hydra.errors import HydraException
+    from hydra.types import RunMode
+    from omegaconf import open_dict
+    from omegaconf.errors import OmegaConfBaseException
+
+    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(CONF_DIR)))
+    try:
+        cfg = loader.load_configuration(
+            "generate", overrides, run_mode=RunMode.RUN, from_shell=False
+        )
+    except (HydraException, OmegaConfBaseException, ValueError) as e:
+        raise ConfigError(f"{' '.join(overrides)}: {e}".replace("\n", " ")) from e
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+# --------------------------------------------------------------------------- zoos
+def _value(cfg: DictConfig, key: str) -> Any:
+    try:
+        return cfg.get(key)
+    except MissingMandatoryValue:
+        return None
+
+
+def resolve_zoo(value: str | os.PathLike, zoo_dir: str | os.PathLike, key: str) -> Path:
+    """A zoo folder, or a zoo name under ``paths.zoo_dir``; must be a finished zoo."""
+    path = Path(str(value)).expanduser()
+    if not path.is_absolute() and not path.exists():
+        path = Path(zoo_dir) / path
+    path = path.resolve()
+    if not (path / MANIFEST).exists():
+        raise ZooError(f"{key}: {path} is not a finished zoo (no {MANIFEST})")
+    return path
+
+
+def make_zoos(cfg: DictConfig) -> tuple[dict[str, Path], list[str]]:
+    """Generate the zoos ``cfg.generate`` describes for keys left null; returns their paths
+    and notes (which candidate was used, and why others were not)."""
+    paths: dict[str, Path] = {}
+    notes: list[str] = []
+    spec = to_dict(cfg.get("generate") or {})
+    for key, candidates in spec.items():
+        if key not in ("zoo", "compare_zoo"):
+            raise ConfigError(f"generate.{key}: only zoo and compare_zoo can be generated")
+        if _value(cfg, key) is not None:
+            continue  # a path given explicitly wins over the preset's zoo
+        if not isinstance(candidates, Mapping) or not candidates:
+            raise ConfigError(f"generate.{key}: expected named lists of generate.yaml overrides")
+        tried = []
+        for name, overrides in candidates.items():
+            base = [
+                *(
+                    f"paths.{k}={cfg.paths[k]}"
+                    for k in ("root_dir", "data_dir", "zoo_dir", "log_dir")
+                ),
+                f"progress={str(bool(cfg.get('progress', True))).lower()}",
+                "logger=none",
+            ]
+            gcfg = compose_generate([*map(str, overrides), *base])
+            log.info("%s: generating (or resuming) %s [%s]", key, gcfg.zoo.path, name)
+            try:
+                from weightspace.generate import generate
+
+                summary = generate(gcfg)
+            except DataError as e:
+                tried.append(f"{name} ({str(e).split(';')[0]})")  # the what, not the how-to
+                continue
+            if summary.missing_shards:
+                raise ZooError(f"generate.{key}.{name}: zoo {summary.path} is incomplete")
+            paths[key] = Path(summary.path)
+            if tried:
+                notes.append(
+                    f"{key}: used candidate '{name}' ({gcfg.task.name}); not used: "
+                    + "; ".join(tried)
+                )
+            break
+        else:
+            raise DataError(f"generate.{key}: no candidate's data is available: {'; '.join(tried)}")
+    return paths, notes
+
+
+# --------------------------------------------------------------------------- analyze
+def analyze(cfg: DictConfig) -> dict[str, Any]:
+    """Answer the config's questions about its zoo(s) and write the report.
+
+    Returns the report's paths, and per section whether it was skipped, its notes and its
+    headline numbers. ``num_threads`` (if set) applies while it runs.
+    """
+    import torch
+
+    threads = cfg.get("num_threads")
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    try:
+        return _analyze(cfg)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _analyze(cfg: DictConfig) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    sections = list(cfg.get("sections") or [])
+    unknown = [s for s in sections if s not in SECTIONS and s not in PLANNED_SECTIONS]
+    if unknown:
+        raise ConfigError(
+            f"sections: unknown {unknown} (choose from {', '.join([*SECTIONS, *PLANNED_SECTIONS])})"
+        )
+    notes: list[str] = []
+    if cfg.get("autoencoder"):
+        notes.append(
+            f"autoencoder={cfg.autoencoder}: {PLANNED_SECTIONS['latent_space']}; ignored for now."
+        )
+    made, made_notes = make_zoos(cfg)
+    notes += made_notes
+    zoo_value = made.get("zoo") or _value(cfg, "zoo")
+    if zoo_value is None:
+        raise ConfigError("zoo: required, a zoo folder or a zoo name under paths.zoo_dir")
+    zoo = Zoo.open(resolve_zoo(zoo_value, cfg.paths.zoo_dir, "zoo"))
+    compare_value = made.get("compare_zoo") or _value(cfg, "compare_zoo")
+    compare = (
+        Zoo.open(resolve_zoo(compare_value, cfg.paths.zoo_dir, "compare_zoo"))
+        if compare_value
+        else None
+    )
+    inputs = Inputs(zoo, compare, int(cfg.get("seed", 0)))
+
+    done = []
+    for key in sections:
+        if key in PLANNED_SECTIONS:
+            notes.append(f"sections: {key}: {PLANNED_SECTIONS[key]}; not in this report.")
+            continue
+        opts = to_dict(cfg.get(key) or {})
+        log.info("section %s", key)
+        done.append(SECTIONS[key](inputs, opts))
+
+    name = cfg.get("name") or zoo.root.name
+    out = Path(cfg.get("out") or Path(cfg.paths.log_dir) / "analysis" / name)
+    shown = {
+        "zoo": f"{zoo.root} ({len(zoo)} members, widths {list(zoo.spec.widths)}, "
+        f"task {zoo.manifest['task']['name']})"
+    }
+    if compare is not None:
+        shown["compare_zoo"] = (
+            f"{compare.root} ({len(compare)} members, widths {list(compare.spec.widths)}, "
+            f"task {compare.manifest['task']['name']})"
+        )
+    report = Report(
+        title=str(cfg.get("title") or f"Weight-space analysis: {name}"),
+        sections=done,
+        inputs=shown,
+        notes=notes,
+    )
+    figure_cfg = cfg.get("figure") or {}
+    files = write_report(report, out, dpi=int(figure_cfg.get("dpi", 90)))
+    lcfg = cfg.get("logger")
+    if lcfg is not None and lcfg.get("name") == "wandb":
+        log_wandb(report, files, to_dict(lcfg), to_dict(cfg), f"analysis-{name}")
+    return {
+        "out": out,
+        "report": files.html,
+        "data": files.data,
+        "pngs": files.pngs,
+        "notes": notes,
+        "sections": {
+            s.key: {"skipped": s.skipped, "notes": s.notes, "summary": s.summary} for s in done
+        },
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def summary_text(result: Mapping[str, Any]) -> str:
+    lines = [f"report: {result['report']}"]
+    for key, s in result["sections"].items():
+        lines.append(f"  {key}: " + ("skipped" if s["skipped"] else "done"))
+        lines += [f"    {n}" for n in s["notes"]]
+    lines += [f"note: {n}" for n in result["notes"]]
+    lines.append(f"time: {result['seconds']:.1f} s")
+    return "\n".join(lines)
+
+
+def cli() -> None:
+    """The command-line entry point (``scripts/analyze.py``)."""
+    import hydra
+
+    from weightspace.cli import run_or_exit
+
+    with config_dir() as d:
+
+        @hydra.main(config_path=str(d), config_name=CONFIG_NAME, version_base="1.3")
+        def main(cfg: DictConfig) -> None:
+            print(summary_text(run_or_exit(analyze, cfg)))
+
+        main()
+
+
+__all__ = ["analyze", "cli", "compose_config", "compose_generate", "make_zoos"]
