@@ -27,9 +27,11 @@ are chosen on validation and the probe is then refitted on train + validation (`
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,11 +148,26 @@ def _standardizer(x: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     return lambda z: (z - mean) / std
 
 
+_SVD_CACHE: OrderedDict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
+
+
+def _svd(xc: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Thin SVD, remembered for the last few matrices: every target probed on one
+    representation shares it (the SVD of raw weights costs seconds, hashing them ~10 ms)."""
+    key = (xc.shape, hashlib.blake2b(np.ascontiguousarray(xc).data, digest_size=16).digest())
+    if key not in _SVD_CACHE:
+        _SVD_CACHE[key] = np.linalg.svd(xc, full_matrices=False)
+        while len(_SVD_CACHE) > 8:
+            _SVD_CACHE.popitem(last=False)
+    _SVD_CACHE.move_to_end(key)
+    return _SVD_CACHE[key]
+
+
 def _ridge_path(x: np.ndarray, y: np.ndarray, x_eval: np.ndarray, alphas: np.ndarray) -> np.ndarray:
     """Predictions ``(n_eval, n_alphas)`` of ridge regressions with an intercept,
     ``min ||y - b - X w||² + alpha ||w||²``, for all alphas from one SVD of centred X."""
     xm, ym = x.mean(0), y.mean()
-    u, s, vt = np.linalg.svd(x - xm, full_matrices=False)  # (n, k), (k,), (k, D)
+    u, s, vt = _svd(x - xm)  # (n, k), (k,), (k, D)
     uty = u.T @ (y - ym)  # (k,)
     shrink = s / (s**2 + alphas[:, None])  # (A, k)
     proj = (x_eval - xm) @ vt.T  # (n_eval, k)
