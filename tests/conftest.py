@@ -60,10 +60,12 @@ def cli_overrides(*overrides: str) -> list[str]:
     return _merge(overrides, TINY)
 
 
-def run_cli(root: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    """Run scripts/generate_zoo.py with all outputs (zoos, Hydra run folders) under root."""
+def run_cli(
+    root: Path, *args: str, timeout: float = 120, script: Path = SCRIPT
+) -> subprocess.CompletedProcess:
+    """Run an entry point (default scripts/generate_zoo.py) with all outputs under root."""
     return subprocess.run(
-        [sys.executable, str(SCRIPT), *args],
+        [sys.executable, str(script), *args],
         env=cli_env(root),
         cwd=root,
         capture_output=True,

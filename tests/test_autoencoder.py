@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import REPO, cli_env
+from conftest import REPO, run_cli
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -310,14 +309,7 @@ def test_resume_continues_the_wandb_run(api_zoo_path, tmp_path):
 
 # --------------------------------------------------------------------------- the script
 def run_script(root: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *args],
-        env=cli_env(root),
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_cli(root, *args, timeout=300, script=SCRIPT)
 
 
 @pytest.mark.slow

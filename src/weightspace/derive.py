@@ -20,7 +20,6 @@ parent's manifest checksum.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,6 @@ import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
-from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from weightspace.config import fingerprint, to_dict
@@ -42,19 +40,13 @@ from weightspace.symmetry import (
     merge_many,
     weight_matching,
 )
-from weightspace.zoo import Zoo, ZooWriter, sha256_file, shard_name
+from weightspace.zoo import Zoo, ZooWriter, sha256_file
 
 KINDS = ("canonical", "align", "merge_many")
 
 
 def _shard_table(zoo: Zoo) -> dict[int, pd.DataFrame]:
     return {int(s): g.sort_values("shard_row") for s, g in zoo.members.groupby("shard")}
-
-
-def _shard_epochs(zoo: Zoo, shard: int) -> list[int]:
-    path = zoo.root / f"{shard_name(shard)}.safetensors"
-    with safe_open(str(path), framework="pt") as f:
-        return json.loads(f.metadata()["epochs"])
 
 
 def _slice(t: UnitTransform, rows: np.ndarray) -> UnitTransform:
@@ -156,7 +148,7 @@ def derive(cfg: DictConfig) -> Path:
             rows = shards[s]
             ids = rows["member_id"].to_numpy()
             spec: MLPSpec = parent.member_spec(int(ids[0]))
-            epochs = _shard_epochs(parent, s)
+            epochs = parent.shard_epochs(s)
             per_epoch, transforms = [], []
             for e in epochs:
                 params = parent.weights(e, ids, trainable=True)

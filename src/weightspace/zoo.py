@@ -378,7 +378,8 @@ class Zoo:
             self._maps[shard] = (json.loads(meta["epochs"]), arrays)
         return self._maps[shard]
 
-    def _shard_epochs(self, shard: int) -> list[int]:
+    def shard_epochs(self, shard: int) -> list[int]:
+        """The checkpoint epochs stored in shard file ``shard``."""
         return self._shard_map(shard)[0]
 
     def weights(
@@ -448,7 +449,7 @@ class Zoo:
         factors: dict[str, list] = {}
         order = []
         for shard, group in rows.groupby("shard", sort=True):
-            e = self._shard_epochs(int(shard)).index(epoch)
+            e = self.shard_epochs(int(shard)).index(epoch)
             rel = f"{shard_name(int(shard))}.transform.safetensors"
             with safe_open(str(self._check(rel)), framework="pt") as f:
                 local = torch.as_tensor(group["shard_row"].to_numpy().copy())
