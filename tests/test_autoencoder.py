@@ -6,6 +6,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -15,7 +16,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from weightspace.autoencoder import WeightAutoencoder
-from weightspace.dataset import WeightDataModule, params_to_tokens, unflatten_params
+from weightspace.baselines import layer_statistics
+from weightspace.dataset import (
+    WeightDataModule,
+    flatten_params,
+    params_to_tokens,
+    unflatten_params,
+)
 from weightspace.derive import derive
 from weightspace.errors import ConfigError, ZooError
 from weightspace.mlp import MLPSpec, forward
@@ -82,12 +89,19 @@ LOSSES = {
     "recon": {},
     "contrastive": {"recon_weight": 0.0, "contrastive_weight": 1.0},
     "functional": {"recon_weight": 0.0, "functional_weight": 1.0},
+    "stats": {"recon_weight": 1e-6, "stats_weight": 1.0},
 }
 
 
 @pytest.mark.parametrize(
     "loss, encoder",
-    [("recon", "mlp"), ("contrastive", "mlp"), ("functional", "mlp"), ("recon", "transformer")],
+    [
+        ("recon", "mlp"),
+        ("contrastive", "mlp"),
+        ("functional", "mlp"),
+        ("stats", "mlp"),
+        ("recon", "transformer"),
+    ],
 )
 def test_each_loss_decreases(loss, encoder, datamodule, views_datamodule):
     dm = views_datamodule if loss == "contrastive" else datamodule
@@ -135,6 +149,28 @@ def test_decode_params_runs_with_the_functional_forward(datamodule):
     torch.testing.assert_close(model.encode(batch["weights"]), z)
 
 
+def test_weight_statistics_are_the_baselines_standardized(datamodule):
+    model = small_model(datamodule, stats_weight=1.0, stats_input=True)
+    batch = next(iter(datamodule.val_dataloader()))
+    params = datamodule.normalizer.denormalize_params(
+        unflatten_params(batch["weights"], model.spec)
+    )
+    expected = layer_statistics(params, model.spec)  # the probes' "stats" features (float64)
+    expected = (expected - np.array(model.hparams.stats_mean)) / np.array(model.hparams.stats_std)
+    got = model.weight_statistics(batch["weights"]).double().numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3)
+    # Fitted on the training split: standardized there, the columns have mean 0 and std 1.
+    train = datamodule.dataset("train")
+    normalized = datamodule.normalizer.normalize_params(train.params(range(len(train))))
+    z = model.weight_statistics(flatten_params(normalized, model.spec))
+    # (to float32 round trips through the normalizer: a column of tiny spread moves by ~1%)
+    assert z.mean(0).abs().max() < 0.05 and (z.std(0, correction=0) - 1).abs().max() < 0.05
+    # The statistics reach the latent: changing them alone changes it.
+    flat = batch["weights"]
+    moved = model._encode_flat(flat, model.weight_statistics(flat) + 1.0)
+    assert not torch.allclose(moved, model.encode(flat))
+
+
 def test_outputs_use_each_members_activation():
     """Zoos may mix activations: each network runs with its own."""
     spec = MLPSpec((4, 3, 2))
@@ -159,6 +195,8 @@ def test_bad_options_are_config_errors(datamodule):
         WeightAutoencoder.from_datamodule(datamodule, encoder={"kind": "cnn"})
     with pytest.raises(ConfigError, match="recon_weight"):
         small_model(datamodule, recon_weight=0.0)
+    with pytest.raises(ConfigError, match="stats_mean"):
+        WeightAutoencoder(widths=[4, 3, 2], stats_weight=1.0)
     model = small_model(datamodule, contrastive_weight=0.5)
     with pytest.raises(ConfigError, match="two augmented views"):
         model.compute_losses(next(iter(datamodule.train_dataloader())))
@@ -166,7 +204,14 @@ def test_bad_options_are_config_errors(datamodule):
 
 @pytest.mark.parametrize("encoder", ["mlp", "transformer"])
 def test_checkpoint_reloads_strictly_with_identical_outputs(encoder, views_datamodule, tmp_path):
-    model = small_model(views_datamodule, encoder, contrastive_weight=0.1, functional_weight=1.0)
+    model = small_model(
+        views_datamodule,
+        encoder,
+        contrastive_weight=0.1,
+        functional_weight=1.0,
+        stats_weight=0.5,
+        stats_input=True,
+    )
     trainer = pl.Trainer(
         max_steps=2,
         accelerator="cpu",

@@ -463,8 +463,23 @@ def test_evaluate_autoencoder_end_to_end(datamodule, digits, tmp_path):
     assert stats.loc[("test_acc", "r2"), "value"] > 0.2
 
     rec = res["reconstruction"]
-    assert list(rec.index) == ["autoencoder", "pca"]
+    epochs = sorted(set(datamodule.dataset("test").items["epoch"]))
+    per_epoch = [f"{m} epoch {e}" for m in ("autoencoder", "pca") for e in epochs]
+    assert list(rec.index) == [
+        "autoencoder",
+        *per_epoch[: len(epochs)],
+        "pca",
+        *per_epoch[len(epochs) :],
+    ]
     np.testing.assert_allclose(rec.loc["autoencoder"], rec.loc["pca"], rtol=1e-4, atol=1e-4)
+    # The per-epoch rows split the overall one: counts add up, accuracies average back.
+    rows = rec.loc[per_epoch[: len(epochs)]]
+    assert (
+        rows["epoch"].tolist() == epochs
+        and rows["n_networks"].sum() == rec.loc["autoencoder", "n_networks"]
+    )
+    weighted = (rows["orig_acc"] * rows["n_networks"]).sum() / rows["n_networks"].sum()
+    assert weighted == pytest.approx(rec.loc["autoencoder", "orig_acc"])
     # 4 directions from 8 training members cannot hold 2 unseen members' own random inits.
     assert rec.loc["pca", "r2_normalized"] < 0.5 and rec.loc["pca", "agreement"] < 0.9
     assert rec.loc["pca", "recon_acc"] < rec.loc["pca", "orig_acc"]

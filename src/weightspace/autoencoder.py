@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from weightspace.baselines import layer_statistics_torch
 from weightspace.dataset import (
     LayerNormalizer,
     WeightDataModule,
@@ -333,6 +334,15 @@ class WeightAutoencoder(pl.LightningModule):
         temperature: NT-Xent temperature.
         projection_dim: output size of the contrastive projection head.
         functional_kind: ``"mse"`` on outputs or ``"kl"`` between softmaxes (classification).
+        stats_weight: weight of the statistics loss: a linear head on the latent must
+            predict the network's per-layer weight statistics
+            (:func:`~weightspace.baselines.layer_statistics`, standardized), so the latent
+            carries the permutation-invariant summary that predicts a network's properties
+            (Unterthiner et al. 2020) along with what reconstruction needs. 0 turns it off.
+        stats_input: the encoder also reads those statistics (a linear map of them is added
+            to its latent): sorting-based features an MLP or attention cannot easily compute.
+        stats_mean, stats_std: the statistics' training-split mean and std (plain lists;
+            :meth:`from_datamodule` fills them when either option is on).
         n_probe: number of probe inputs (a buffer, filled from ``probe_inputs``).
         lr, weight_decay: AdamW; no decay on biases and norm gains.
         scheduler: ``None`` or ``"cosine"`` (per step, to 0 at the end of training).
@@ -356,6 +366,10 @@ class WeightAutoencoder(pl.LightningModule):
         temperature: float = 0.1,
         projection_dim: int = 32,
         functional_kind: str = "mse",
+        stats_weight: float = 0.0,
+        stats_input: bool = False,
+        stats_mean: Sequence[float] | None = None,
+        stats_std: Sequence[float] | None = None,
         n_probe: int = 256,
         lr: float = 1e-3,
         weight_decay: float = 0.01,
@@ -371,11 +385,12 @@ class WeightAutoencoder(pl.LightningModule):
             raise ConfigError("functional_kind: kl needs class outputs; use mse for regression")
         if scheduler not in SCHEDULERS:
             raise ConfigError(f"scheduler: '{scheduler}' (choose null or cosine)")
-        if min(recon_weight, contrastive_weight, functional_weight) < 0 or not any(
+        if min(recon_weight, contrastive_weight, functional_weight, stats_weight) < 0 or not any(
             (recon_weight, contrastive_weight, functional_weight)
         ):
             raise ConfigError(
-                "recon_weight, contrastive_weight, functional_weight: must be >= 0, one of them > 0"
+                "recon_weight, contrastive_weight, functional_weight, stats_weight: must be >= 0, "
+                "one of the first three > 0"
             )
         self.spec = MLPSpec(tuple(widths), activations[0], bias)
         self.activations = list(activations)
@@ -385,6 +400,20 @@ class WeightAutoencoder(pl.LightningModule):
         )
         self.decoder = build_part(
             DECODERS, "decoder", decoder or {"kind": "mlp"}, self.spec, latent_dim
+        )
+        n_stats = 8 * len(self.spec.param_shapes())
+        uses_stats = stats_weight > 0 or stats_input
+        if uses_stats and (stats_mean is None or stats_std is None):
+            raise ConfigError("stats_weight / stats_input: need stats_mean and stats_std")
+        if uses_stats and not (len(stats_mean) == len(stats_std) == n_stats):
+            raise ConfigError(f"stats_mean, stats_std: need {n_stats} values each")
+        self.stats_head = nn.Linear(latent_dim, n_stats) if stats_weight > 0 else None
+        self.stats_in = nn.Linear(n_stats, latent_dim) if stats_input else None
+        self.register_buffer(
+            "stats_mean", torch.tensor(stats_mean or [0.0] * n_stats), persistent=False
+        )
+        self.register_buffer(
+            "stats_std", torch.tensor(stats_std or [1.0] * n_stats), persistent=False
         )
         self.projection = (
             nn.Sequential(
@@ -415,11 +444,20 @@ class WeightAutoencoder(pl.LightningModule):
         cls, datamodule: WeightDataModule, n_probe: int = 256, probe_seed: int = 0, **hparams: Any
     ) -> WeightAutoencoder:
         """A model for the datamodule's zoo: spec, normalizer, and ``n_probe`` training inputs
-        of its task (drawn with ``probe_seed``) as probe inputs."""
+        of its task (drawn with ``probe_seed``) as probe inputs; with ``stats_weight`` or
+        ``stats_input``, the statistics' mean and std over (up to 4,096 checkpoints of) the
+        training split."""
         datamodule.setup()
         spec = datamodule.spec
         task = datamodule.full_dataset.zoos[0].task()  # zoos of one datamodule share widths
         probe = probe_inputs(task.x_train, n_probe, probe_seed)
+        if hparams.get("stats_weight", 0) > 0 or hparams.get("stats_input", False):
+            train = datamodule.dataset("train")
+            gen = torch.Generator().manual_seed(probe_seed)
+            idx = torch.randperm(len(train), generator=gen)[:4096].sort().values
+            stats = layer_statistics_torch(train.params(idx.numpy()), spec).double()
+            hparams.setdefault("stats_mean", stats.mean(0).tolist())
+            hparams.setdefault("stats_std", stats.std(0).clamp_min(1e-8).tolist())
         return cls(
             widths=list(spec.widths),
             activations=datamodule.categories.get("activation", [spec.activation]),
@@ -442,7 +480,22 @@ class WeightAutoencoder(pl.LightningModule):
         x = batch_or_weights
         if isinstance(x, Mapping):
             x = self.flat_weights(x)
-        return self.encoder(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)
+        return self._encode_flat(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)
+
+    def weight_statistics(self, flat: Tensor) -> Tensor:
+        """Standardized per-layer statistics ``(N, 8 * n_tensors)`` of networks given as
+        normalized flat weights ``(N, D)``."""
+        # In float64: a bias's mean is a small difference of large sums, and standardizing
+        # by a small spread across the zoo would magnify float32 rounding.
+        params = unflatten_params(self.denormalize(flat).double(), self.spec)
+        stats = layer_statistics_torch(params, self.spec)
+        return ((stats - self.stats_mean.double()) / self.stats_std.double()).to(flat.dtype)
+
+    def _encode_flat(self, flat: Tensor, stats: Tensor | None = None) -> Tensor:
+        z = self.encoder(flat)
+        if self.stats_in is not None:
+            z = z + self.stats_in(self.weight_statistics(flat) if stats is None else stats)
+        return z
 
     def decode(self, latent: Tensor) -> Tensor:
         """Normalized flat weights ``(..., D)`` from latents ``(..., latent)``."""
@@ -511,10 +564,16 @@ class WeightAutoencoder(pl.LightningModule):
         x = x if x.dim() == 3 else x.unsqueeze(1)  # (B, V, D)
         b, v, d = x.shape
         flat = x.reshape(b * v, d)
-        z = self.encoder(flat)  # (B*V, latent)
+        stats = None
+        if self.stats_in is not None or self.stats_head is not None:
+            with torch.no_grad():
+                stats = self.weight_statistics(flat)  # (B*V, S), an input and a target
+        z = self._encode_flat(flat, stats)  # (B*V, latent)
         recon = self.decoder(z)  # (B*V, D)
 
         terms = {"recon": self.recon_loss(recon, flat)}
+        if self.stats_head is not None:
+            terms["stats"] = F.mse_loss(self.stats_head(z), stats)
         if v >= 2 and self.projection is not None:
             p = self.projection(z).view(b, v, -1)
             terms["contrastive"] = nt_xent(p[:, 0], p[:, 1], hp.temperature)
@@ -539,6 +598,7 @@ class WeightAutoencoder(pl.LightningModule):
             "recon": hp.recon_weight,
             "contrastive": hp.contrastive_weight,
             "functional": hp.functional_weight,
+            "stats": hp.stats_weight,
         }
         terms["loss"] = sum(weights[k] * terms[k] for k in weights if k in terms and weights[k] > 0)
         return terms

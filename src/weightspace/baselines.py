@@ -13,15 +13,24 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import numpy as np
+import torch
 from sklearn.decomposition import PCA
 from torch import Tensor
 
 from weightspace.mlp import MLPSpec, effective_params
 
-__all__ = ["QUANTILES", "STATISTICS", "fit_pca", "layer_statistic_names", "layer_statistics"]
+__all__ = [
+    "QUANTILES",
+    "STATISTICS",
+    "fit_pca",
+    "layer_statistic_names",
+    "layer_statistics",
+    "layer_statistics_torch",
+]
 
 QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
 STATISTICS = ("mean", "std", "q0", "q25", "q50", "q75", "q100", "l2")
@@ -41,18 +50,35 @@ def layer_statistics(params: Mapping[str, Tensor], spec: MLPSpec) -> np.ndarray:
     quantiles with linear interpolation (numpy's default) and the L2 / Frobenius norm.
     Names in :func:`layer_statistic_names`. Pass the networks' own (denormalized) weights.
     """
+    n = len(next(iter(params.values())))
+    # torch.quantile takes at most 2**24 entries at once: rows in chunks below that.
+    chunk = max(1, (1 << 22) // max(math.prod(s) for s in spec.param_shapes().values()))
+    parts = [
+        layer_statistics_torch(
+            {k: v[lo : lo + chunk].detach().double().cpu() for k, v in params.items()}, spec
+        )
+        for lo in range(0, n, chunk)
+    ]
+    return torch.cat(parts).numpy() if parts else np.zeros((0, 8 * len(spec.param_shapes())))
+
+
+def layer_statistics_torch(params: Mapping[str, Tensor], spec: MLPSpec) -> Tensor:
+    """:func:`layer_statistics` in torch, in the parameters' dtype and on their device, and
+    differentiable: ``(N, 8 * n_tensors)``. The autoencoder computes them on its batches."""
     eff = effective_params(params, spec)
-    columns: list[np.ndarray] = []
+    q = None
+    columns: list[Tensor] = []
     for name in spec.param_shapes():
-        t = eff[name].detach()
-        x = t.reshape(t.shape[0], -1).double().cpu().numpy()  # (N, n_entries)
+        x = eff[name].flatten(1)  # (N, n_entries)
+        if q is None:
+            q = torch.tensor(QUANTILES, dtype=x.dtype, device=x.device)
         columns += [
-            x.mean(1),
-            x.std(1),
-            *np.quantile(x, QUANTILES, axis=1),  # (5, N)
-            np.linalg.norm(x, axis=1),
+            x.mean(1, keepdim=True),
+            x.std(1, correction=0, keepdim=True),
+            torch.quantile(x, q, dim=1).T,  # (N, 5), linear interpolation as numpy
+            torch.linalg.vector_norm(x, dim=1, keepdim=True),
         ]
-    return np.stack(columns, axis=1)
+    return torch.cat(columns, 1)
 
 
 def fit_pca(x_train: np.ndarray, n_components: int, seed: int = 0) -> PCA:

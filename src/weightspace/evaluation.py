@@ -967,7 +967,8 @@ def evaluate_autoencoder(
     ``task``: default, the zoo's own (``Zoo.task()``). ``latent_dim``: default, the width of
     the latents (given, it must match). ``max_items``: a seeded subset of each split's
     checkpoints, for large zoos. Returns ``{"probes": DataFrame, "table": str,
-    "reconstruction": DataFrame (rows autoencoder, pca), "generation": dict, "info": dict}``.
+    "reconstruction": DataFrame (rows autoencoder, pca, and per checkpoint epoch, see
+    :func:`reconstruction_table`), "generation": dict, "info": dict}``.
     """
     datamodule.setup("test")
     if task is None:
@@ -1019,14 +1020,9 @@ def evaluate_autoencoder(
     # ---- reconstruction of the test networks
     test = splits["test"]
     pca_flat = torch.from_numpy(pca.inverse_transform(reps["pca"][2])).float()
-    rec_rows = {}
-    for name, flat in (("autoencoder", decoded), ("pca", pca_flat)):
-        row = reconstruction_metrics(
-            test.params, _to_params(flat, datamodule, spec), test.specs, task
-        )
-        row["r2_normalized"] = flat_r2(test.weights, flat)
-        rec_rows[name] = row
-    reconstruction = pd.DataFrame.from_dict(rec_rows, orient="index")
+    reconstruction = reconstruction_table(
+        test, {"autoencoder": decoded, "pca": pca_flat}, datamodule, spec, task
+    )
 
     info = {
         "task": task.name,
@@ -1045,6 +1041,41 @@ def evaluate_autoencoder(
         "generation": generation,
         "info": info,
     }
+
+
+def reconstruction_table(
+    split: SplitData,
+    decoded: Mapping[str, Tensor],
+    datamodule: WeightDataModule,
+    spec: MLPSpec,
+    task: Task,
+) -> pd.DataFrame:
+    """:func:`reconstruction_metrics` (plus ``r2_normalized``) of each model's decoded
+    normalized flat vectors against ``split``: a row per model over all checkpoints, then,
+    when the split holds several checkpoint epochs, a row ``"<model> epoch <e>"`` per epoch
+    (column ``epoch``; NaN on the overall rows). Initializations (epoch 0) are random
+    networks no latent of a few dozen numbers can carry, and partly trained ones are rough:
+    the per-epoch rows keep the overall mean from hiding how well trained networks decode."""
+    epochs = split.items["epoch"].to_numpy() if "epoch" in split.items else np.zeros(len(split))
+    groups: list[tuple[str, float, np.ndarray]] = [("", float("nan"), np.arange(len(split)))]
+    if len(np.unique(epochs)) > 1:
+        groups += [
+            (f" epoch {e}", float(e), np.flatnonzero(epochs == e)) for e in np.unique(epochs)
+        ]
+    rows = {}
+    for name, flat in decoded.items():
+        params = _to_params(flat, datamodule, spec)
+        for suffix, epoch, idx in groups:
+            sel = torch.from_numpy(idx)
+            row = reconstruction_metrics(
+                {k: v[sel] for k, v in split.params.items()},
+                {k: v[sel] for k, v in params.items()},
+                [split.specs[i] for i in idx],
+                task,
+            )
+            row["r2_normalized"] = flat_r2(split.weights[sel], flat[sel])
+            rows[name + suffix] = {"epoch": epoch, **row}
+    return pd.DataFrame.from_dict(rows, orient="index")
 
 
 def _generation(
