@@ -271,7 +271,6 @@ def test_analyze_end_to_end(api_zoo_path, twins, tmp_path):
         f"paths.root_dir={tmp_path}",
         f"zoo={api_zoo_path}",
         f"compare_zoo={twins['constant']}",
-        "autoencoder=some/run",
         *FAST_PAIRS,
     )
     result = analyze(cfg)
@@ -283,7 +282,7 @@ def test_analyze_end_to_end(api_zoo_path, twins, tmp_path):
         "symmetry_breaking",
     ]
     assert s["weight_norm"]["skipped"] and "weight" in s["weight_norm"]["notes"][0]
-    assert any("section 5" in n for n in result["notes"])
+    assert s["latent"]["skipped"] and "autoencoder=RUN" in s["latent"]["notes"][0]
     html = result["report"].read_text()
     n_img = html.count('<img src="data:image/png;base64,')
     assert n_img == len(result["pngs"]) == 4 + 3 + 3
@@ -415,7 +414,6 @@ def test_cli_writes_the_report_and_reports_errors_in_one_line(api_zoo_path, tmp_
             str(script),
             f"zoo={api_zoo_path}",
             "sections=[patterns]",
-            "autoencoder=later",
         ],
         env=cli_env(tmp_path),
         cwd=tmp_path,

@@ -6,11 +6,12 @@ measurements and plots (``scripts/analyze.py``, ``docs/analysis.md``).
 2. ``runs_differ``: why two runs differ (weight distance raw / canonical / aligned next to
    function distance; loss along the straight line between runs);
 3. ``symmetry_breaking``: why initial weights are random (constant vs. random init);
-4. ``weight_norm``: what w = g · v / ||v|| changes.
+4. ``weight_norm``: what w = g · v / ||v|| changes;
+5. ``latent``: an autoencoder run's latent space (``autoencoder=RUN``): PCA / UMAP maps of
+   every checkpoint's latent, training trajectories, the run's probe table (:mod:`.latent`,
+   on :mod:`weightspace.latents`).
 
-Section 5 (latent space) comes with the autoencoder: ``autoencoder=RUN`` is accepted and
-ignored with a note until then; a new section is a function in :mod:`.sections` registered in
-``SECTIONS``.
+A new section is a function in :mod:`.sections` registered in ``SECTIONS``.
 
 Modules: :mod:`.measures` (the numbers, on stacked parameters), :mod:`.cohort` (members of a
 zoo analysed together), :mod:`.figures` (one function per figure, returning

@@ -10,6 +10,10 @@ lists named candidate zoo configs (overrides of ``conf/generate.yaml``) for ``zo
 generated (or resumed, or found finished) and analysed. A path given on the command line
 wins over the preset's zoo.
 
+``autoencoder=RUN`` (a run folder, a run name under ``paths.log_dir``, or ``latest``;
+:func:`weightspace.latents.resolve_run`) is loaded before anything else, so a bad value fails
+at once; with no ``zoo`` the run's zoo (its parent, for a derived zoo) is analysed.
+
 **Why the config is composed from a folder of links.** ``conf/`` holds the generator's
 ``zoo`` group and the autoencoder's ``autoencoder`` folder, and Hydra reads a command-line
 ``zoo=PATH`` whose key names a config group as a group choice ("Could not override 'zoo'").
@@ -35,6 +39,7 @@ from omegaconf.errors import MissingMandatoryValue
 from weightspace.analysis.sections import SECTIONS, Inputs
 from weightspace.config import CONF_DIR, to_dict
 from weightspace.errors import ConfigError, DataError, ZooError
+from weightspace.latents import Run, load_run, resolve_run
 from weightspace.report import Report, log_wandb, write_report
 from weightspace.zoo import MANIFEST, Zoo
 
@@ -43,8 +48,6 @@ log = logging.getLogger(__name__)
 CONFIG_NAME = "analyze"
 # What conf/analyze.yaml composes from (see the module docs).
 CONFIG_LINKS = ("analyze.yaml", "paths", "logger", "experiment/analysis")
-# Section 5 comes with the autoencoder: accepted in `sections`, answered with a note.
-PLANNED_SECTIONS = {"latent_space": "section 5 (latent space) comes with the autoencoder"}
 
 
 # --------------------------------------------------------------------------- config
@@ -159,6 +162,20 @@ def make_zoos(cfg: DictConfig) -> tuple[dict[str, Path], list[str]]:
     return paths, notes
 
 
+def load_autoencoder(cfg: DictConfig, needed: bool = True) -> Run | None:
+    """The run ``autoencoder`` names (a run folder, a run name under ``paths.log_dir``, or
+    ``latest``), loaded with its datamodule when ``needed`` (the latent section is asked
+    for), else only checked; None when ``autoencoder`` is null."""
+    value = _value(cfg, "autoencoder")
+    if not value:
+        return None
+    path = resolve_run(value, cfg.paths.log_dir)
+    if not needed:
+        return None
+    latent = cfg.get("latent") or {}
+    return load_run(path, checkpoint=str(latent.get("checkpoint", "best")))
+
+
 # --------------------------------------------------------------------------- analyze
 def analyze(cfg: DictConfig) -> dict[str, Any]:
     """Answer the config's questions about its zoo(s) and write the report.
@@ -181,21 +198,21 @@ def analyze(cfg: DictConfig) -> dict[str, Any]:
 def _analyze(cfg: DictConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     sections = list(cfg.get("sections") or [])
-    unknown = [s for s in sections if s not in SECTIONS and s not in PLANNED_SECTIONS]
+    unknown = [s for s in sections if s not in SECTIONS]
     if unknown:
-        raise ConfigError(
-            f"sections: unknown {unknown} (choose from {', '.join([*SECTIONS, *PLANNED_SECTIONS])})"
-        )
+        raise ConfigError(f"sections: unknown {unknown} (choose from {', '.join(SECTIONS)})")
     notes: list[str] = []
-    if cfg.get("autoencoder"):
-        notes.append(
-            f"autoencoder={cfg.autoencoder}: {PLANNED_SECTIONS['latent_space']}; ignored for now."
-        )
+    run = load_autoencoder(cfg, needed="latent" in sections)  # before any long work
     made, made_notes = make_zoos(cfg)
     notes += made_notes
     zoo_value = made.get("zoo") or _value(cfg, "zoo")
+    if zoo_value is None and run is not None:
+        zoo_value = run.parent_zoo  # the zoo the run was trained on (its parent if derived)
     if zoo_value is None:
-        raise ConfigError("zoo: required, a zoo folder or a zoo name under paths.zoo_dir")
+        raise ConfigError(
+            "zoo: required, a zoo folder or a zoo name under paths.zoo_dir (or an "
+            "autoencoder=RUN, whose zoo is then analysed)"
+        )
     zoo = Zoo.open(resolve_zoo(zoo_value, cfg.paths.zoo_dir, "zoo"))
     compare_value = made.get("compare_zoo") or _value(cfg, "compare_zoo")
     compare = (
@@ -203,13 +220,10 @@ def _analyze(cfg: DictConfig) -> dict[str, Any]:
         if compare_value
         else None
     )
-    inputs = Inputs(zoo, compare, int(cfg.get("seed", 0)))
+    inputs = Inputs(zoo, compare, int(cfg.get("seed", 0)), run)
 
     done = []
     for key in sections:
-        if key in PLANNED_SECTIONS:
-            notes.append(f"sections: {key}: {PLANNED_SECTIONS[key]}; not in this report.")
-            continue
         opts = to_dict(cfg.get(key) or {})
         log.info("section %s", key)
         done.append(SECTIONS[key](inputs, opts))
@@ -225,6 +239,8 @@ def _analyze(cfg: DictConfig) -> dict[str, Any]:
             f"{compare.root} ({len(compare)} members, widths {list(compare.spec.widths)}, "
             f"task {compare.manifest['task']['name']})"
         )
+    if run is not None:
+        shown["autoencoder"] = run.describe()
     report = Report(
         title=str(cfg.get("title") or f"Weight-space analysis: {name}"),
         sections=done,

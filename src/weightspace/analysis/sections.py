@@ -19,6 +19,8 @@ import pandas as pd
 from weightspace.analysis import figures as F
 from weightspace.analysis import measures as M
 from weightspace.analysis.cohort import Cohort
+from weightspace.analysis.latent import QUESTION as LATENT_QUESTION
+from weightspace.analysis.latent import section_latent as _latent
 from weightspace.report import Figure, Section, Table
 from weightspace.zoo import Zoo
 
@@ -43,16 +45,19 @@ QUESTIONS = {
         "4. Weight normalization",
         "What does w = g · v / ||v|| change in training and in the trained weights?",
     ),
+    "latent": LATENT_QUESTION,
 }
 
 
 @dataclass
 class Inputs:
-    """What the sections analyse: the zoo and an optional second zoo to compare with."""
+    """What the sections analyse: the zoo, an optional second zoo to compare with, and an
+    optional autoencoder run (:class:`weightspace.latents.Run`, loaded)."""
 
     zoo: Zoo | None
     compare_zoo: Zoo | None = None
     seed: int = 0
+    run: Any = None
 
 
 def _section(key: str) -> Section:
@@ -885,9 +890,23 @@ def _same_members(a: Zoo, b: Zoo) -> bool:
     return a.members[keep].reset_index(drop=True).equals(b.members[keep].reset_index(drop=True))
 
 
+# =========================================================================== 5. latent space
+def section_latent(inp: Inputs, opts: Mapping[str, Any]) -> Section:
+    if inp.run is None:
+        return skipped(
+            "latent",
+            "needs an autoencoder run: autoencoder=RUN (a run folder written by "
+            "scripts/train_autoencoder.py, a run name under paths.log_dir/autoencoder, or "
+            "latest).",
+        )
+    zoo_root = inp.zoo.root if inp.zoo is not None else None
+    return _latent(inp.run, opts, zoo_root, inp.seed)
+
+
 SECTIONS: dict[str, Callable[[Inputs, Mapping[str, Any]], Section]] = {
     "patterns": section_patterns,
     "runs_differ": section_runs_differ,
     "symmetry_breaking": section_symmetry_breaking,
     "weight_norm": section_weight_norm,
+    "latent": section_latent,
 }

@@ -1,0 +1,674 @@
+"""Section 5, the latent space of an autoencoder run: maps, trajectories, the probe table.
+
+:func:`latent_measures` projects the latents of every (member, checkpoint) of the run's zoo
+(:func:`weightspace.latents.encode_zoo`) to two dimensions — PCA always, UMAP when
+``umap-learn`` is importable — picks a readable subset of members for trajectories, and
+measures what the text says: how the map's axes follow test accuracy, epoch and learning
+rate, how much the init schemes separate, how far training moves a network in the latent
+space. :func:`fig_latent_map` and :func:`fig_latent_trajectories` draw it;
+:func:`section_latent` writes the section.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import matplotlib as mpl
+import matplotlib.ticker as mticker
+import numpy as np
+import pandas as pd
+from matplotlib.colors import BoundaryNorm, LogNorm, Normalize
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from scipy.stats import spearmanr
+
+from weightspace.analysis.figures import _legend, _lists, _style
+from weightspace.errors import ConfigError
+from weightspace.latents import Latents, Run, encode_zoo
+from weightspace.report import Figure as ReportFigure
+from weightspace.report import Section, Table
+
+log = logging.getLogger(__name__)
+
+SPLIT_MARKERS = {"train": "o", "val": "s", "test": "^", "unused": "x"}
+# (column, panel title, colour-bar / legend label)
+COLOR_BY = (
+    ("test_acc", "Test accuracy", "test accuracy (%)"),
+    ("epoch", "Checkpoint epoch", "epoch"),
+    ("init", "Init scheme", "init scheme"),
+    ("lr", "Learning rate", "learning rate (log scale)"),
+)
+MAX_CATEGORIES = 10  # more distinct values than this: a colour bar instead of a legend
+
+
+# --------------------------------------------------------------------------- measures
+def pca_2d(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The first two principal components of ``z`` ``(N, d)`` and their variance ratios.
+    Signs are fixed (largest loading positive) so reruns give the same picture."""
+    zc = z - z.mean(0)
+    _, s, vt = np.linalg.svd(zc, full_matrices=False)
+    vt = vt[:2]
+    vt = vt * np.sign(vt[np.arange(2), np.argmax(np.abs(vt), axis=1)])[:, None]
+    var = s**2
+    ratio = var[:2] / var.sum() if var.sum() > 0 else np.zeros(2)
+    return zc @ vt.T, ratio
+
+
+def umap_2d(z: np.ndarray, seed: int) -> np.ndarray | None:
+    """UMAP of ``z`` to 2-D when ``umap-learn`` is installed (seeded: one thread), else None."""
+    try:
+        import umap
+    except ImportError:
+        return None
+    n_neighbors = int(min(15, max(2, len(z) - 1)))
+    reducer = umap.UMAP(n_components=2, n_neighbors=n_neighbors, min_dist=0.1, random_state=seed)
+    with warnings.catch_warnings():  # "n_jobs overridden by setting random_state": intended
+        warnings.filterwarnings("ignore", message=".*n_jobs.*", category=UserWarning)
+        return np.asarray(reducer.fit_transform(z), dtype=np.float64)
+
+
+def _eta2(xy: np.ndarray, labels: np.ndarray) -> float:
+    """Share of the 2-D map's variance between the groups of ``labels`` (0: mixed, 1: apart)."""
+    total = float(((xy - xy.mean(0)) ** 2).sum())
+    if total == 0 or len(np.unique(labels)) < 2:
+        return float("nan")
+    between = 0.0
+    for g in np.unique(labels):
+        sel = labels == g
+        between += sel.sum() * float(((xy[sel].mean(0) - xy.mean(0)) ** 2).sum())
+    return between / total
+
+
+def _rho(a: np.ndarray, b: np.ndarray) -> float:
+    ok = np.isfinite(a) & np.isfinite(b)
+    if ok.sum() < 3 or np.ptp(a[ok]) == 0 or np.ptp(b[ok]) == 0:
+        return float("nan")
+    return float(spearmanr(a[ok], b[ok]).statistic)
+
+
+def choose_trajectories(items: pd.DataFrame, n: int) -> list[int]:
+    """``n`` members spread over the range of final test accuracy (evenly spaced ranks), so
+    good and bad runs both show; ids sorted."""
+    last = items.sort_values("epoch").groupby("member_id").tail(1)
+    last = last.sort_values(["test_acc", "member_id"], na_position="first")
+    ids = last["member_id"].to_numpy()
+    if len(ids) <= n:
+        return sorted(int(i) for i in ids)
+    pick = np.unique(np.round(np.linspace(0, len(ids) - 1, n)).astype(int))
+    return sorted(int(i) for i in ids[pick])
+
+
+def latent_measures(
+    lat: Latents, seed: int = 0, n_trajectories: int = 12, use_umap: bool | None = None
+) -> dict[str, Any]:
+    """Projections, trajectories and the numbers the section's text reports.
+
+    ``use_umap``: None (when installed), True (required: an error if not installed), False.
+    """
+    items = lat.items
+    z = lat.z
+    xy, ratio = pca_2d(z)
+    maps = {"pca": xy}
+    notes = []
+    if use_umap is not False:
+        u = umap_2d(z, seed) if len(z) >= 4 else None
+        if u is not None:
+            maps["umap"] = u
+        elif use_umap:
+            raise ConfigError(
+                "latent.umap=true: umap-learn is not installed (pip install umap-learn)"
+            )
+        else:
+            notes.append("UMAP map left out: umap-learn is not installed (pip install umap-learn).")
+    epochs = lat.epochs
+    log_lr = np.log10(items["lr"].to_numpy(float)) if "lr" in items else np.full(len(items), np.nan)
+    acc = items["test_acc"].to_numpy(float)
+    ep = items["epoch"].to_numpy(float)
+    rhos = {
+        name: [_rho(xy[:, k], v) for k in range(2)]
+        for name, v in (("test_acc", acc), ("epoch", ep), ("log_lr", log_lr))
+    }
+    eta2 = {
+        c: _eta2(xy, items[c].astype(str).to_numpy())
+        for c in ("init", "epoch")
+        if c in items and items[c].nunique() > 1
+    }
+
+    # Movement in the full latent space: each member's distance from its own epoch-0 latent,
+    # and the spread of the population at each epoch (median distance to the centroid).
+    first = items.groupby("member_id")["epoch"].transform("min").to_numpy()
+    start = {
+        int(m): i for i, m in zip(np.flatnonzero(ep == first), items["member_id"][ep == first])
+    }
+    z0 = z[[start[int(m)] for m in items["member_id"]]]
+    moved = np.linalg.norm(z - z0, axis=1)
+    inits = items["init"].astype(str).to_numpy() if "init" in items else np.full(len(items), "all")
+    displacement = {}
+    for g in sorted(np.unique(inits)):
+        q = [np.quantile(moved[(inits == g) & (ep == e)], [0.25, 0.5, 0.75]) for e in epochs]
+        displacement[g] = {
+            "n_members": int(items["member_id"][inits == g].nunique()),
+            "q25": [v[0] for v in q],
+            "median": [v[1] for v in q],
+            "q75": [v[2] for v in q],
+        }
+    spread = []
+    for e in epochs:
+        ze = z[ep == e]
+        spread.append(float(np.median(np.linalg.norm(ze - ze.mean(0), axis=1))))
+    moved_all = [float(np.median(moved[ep == e])) for e in epochs]
+
+    traj_ids = choose_trajectories(items, n_trajectories)
+    mid = items["member_id"].to_numpy()
+    trajectories = []
+    for m in traj_ids:
+        rows = np.flatnonzero(mid == m)
+        rows = rows[np.argsort(ep[rows], kind="stable")]
+        trajectories.append(
+            {
+                "member_id": m,
+                "split": str(items["split"].iloc[rows[0]]),
+                "init": str(inits[rows[0]]),
+                "lr": float(items["lr"].iloc[rows[0]]) if "lr" in items else float("nan"),
+                "epochs": [int(v) for v in ep[rows]],
+                "test_acc": [float(v) for v in acc[rows]],
+                "rows": rows.tolist(),
+            }
+        )
+    return {
+        "n_points": len(items),
+        "n_members": int(items["member_id"].nunique()),
+        "latent_dim": int(z.shape[1]),
+        "epochs": epochs,
+        "items": items,
+        "maps": maps,
+        "pca_variance_ratio": ratio.tolist(),
+        "spearman": rhos,
+        "eta2": eta2,
+        "displacement": displacement,
+        "moved_median": moved_all,
+        "spread_median": spread,
+        "trajectories": trajectories,
+        "notes": notes,
+    }
+
+
+# --------------------------------------------------------------------------- figures
+def _size(n: int) -> float:
+    return float(np.clip(3000 / max(n, 1), 3, 30))
+
+
+def _axis_labels(ax, kind: str, m: Mapping[str, Any]) -> None:
+    if kind == "pca":
+        r = m["pca_variance_ratio"]
+        ax.set_xlabel(f"PC 1 ({100 * r[0]:.0f}% of latent variance)")
+        ax.set_ylabel(f"PC 2 ({100 * r[1]:.0f}%)")
+    else:
+        ax.set_xlabel("UMAP 1")
+        ax.set_ylabel("UMAP 2")
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float | np.floating):
+        return f"{float(v):.3g}"
+    return str(v)
+
+
+def _colour_panel(fig, ax, xy, items: pd.DataFrame, col: str, label: str, order, size) -> dict:
+    """One panel of the map, coloured by ``col``; returns how it was coloured."""
+    splits = items["split"].to_numpy()
+    if col not in items or items[col].nunique(dropna=True) <= 1:
+        value = "–" if col not in items else _fmt(items[col].iloc[0])
+        for sp, mk in SPLIT_MARKERS.items():
+            sel = order[splits[order] == sp]
+            if len(sel):
+                ax.scatter(*xy[sel].T, s=size, marker=mk, color="#777777", alpha=0.6, lw=0)
+        ax.text(0.02, 0.98, f"all members: {value}", transform=ax.transAxes, va="top", fontsize=8)
+        return {"kind": "constant", "value": value}
+    values = items[col]
+    numeric = pd.api.types.is_numeric_dtype(values)
+    cats = sorted(values.unique(), key=lambda v: float(v) if numeric else str(v))
+    if not numeric or (len(cats) <= MAX_CATEGORIES and col != "test_acc"):
+        # categories: a legend beside the panel
+        cmap = mpl.colormaps["viridis" if numeric else "tab10"]
+        colors = {
+            c: cmap(0.9 * i / max(1, len(cats) - 1)) if numeric else cmap(i % 10)
+            for i, c in enumerate(cats)
+        }
+        code = values.map({c: i for i, c in enumerate(cats)}).to_numpy()
+        rgba = np.array([colors[c] for c in cats])[code]
+        for sp, mk in SPLIT_MARKERS.items():
+            sel = order[splits[order] == sp]
+            if len(sel):
+                ax.scatter(*xy[sel].T, s=size, marker=mk, c=rgba[sel], alpha=0.75, lw=0)
+        handles = [
+            Line2D([], [], ls="", marker="o", ms=6, color=colors[c], label=_fmt(c)) for c in cats
+        ]
+        ax.legend(
+            handles=handles,
+            title=label,
+            loc="center left",
+            bbox_to_anchor=(1.02, 0.5),
+            frameon=False,
+            handletextpad=0.2,
+        )
+        return {"kind": "categories", "categories": [_fmt(c) for c in cats]}
+    v = values.to_numpy(float)
+    log_scale = False
+    if col == "test_acc":
+        v = 100 * v
+        norm = Normalize(np.nanmin(v), np.nanmax(v))
+    elif col == "lr" and np.nanmin(v) > 0:
+        norm = LogNorm(np.nanmin(v), np.nanmax(v))
+        log_scale = True
+    else:
+        norm = Normalize(np.nanmin(v), np.nanmax(v))
+    if col == "epoch":
+        bounds = np.unique(v)
+        norm = BoundaryNorm(np.r_[bounds, bounds[-1] + 1] - 0.5, 256)
+    sc = None
+    for sp, mk in SPLIT_MARKERS.items():
+        sel = order[splits[order] == sp]
+        if len(sel):
+            sc = ax.scatter(
+                *xy[sel].T, s=size, marker=mk, c=v[sel], cmap="viridis", norm=norm, alpha=0.75, lw=0
+            )
+    cb = fig.colorbar(sc, ax=ax, label=label, shrink=0.9)
+    if log_scale:
+        cb.ax.yaxis.set_major_locator(mticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        cb.ax.yaxis.set_major_formatter(mticker.FuncFormatter(lambda x, _: f"{x:g}"))
+        cb.ax.yaxis.set_minor_formatter(mticker.NullFormatter())
+    return {"kind": "colorbar", "min": float(np.nanmin(v)), "max": float(np.nanmax(v))}
+
+
+def _limits(ax, xy: np.ndarray) -> int:
+    """Frame the bulk of the points (0.2-99.8th percentile per axis, padded) so a few
+    outliers do not squash the map; returns how many points fall outside, and says so."""
+    if len(xy) < 50:
+        return 0
+    lo, hi = np.quantile(xy, [0.002, 0.998], axis=0)
+    pad = 0.06 * (hi - lo)
+    lo, hi = lo - pad, hi + pad
+    ax.set_xlim(lo[0], hi[0])
+    ax.set_ylim(lo[1], hi[1])
+    out = int((((xy < lo) | (xy > hi)).any(axis=1)).sum())
+    if out:
+        ax.text(
+            0.98,
+            0.98,
+            f"{out} point{'s' * (out > 1)} outside the frame",
+            transform=ax.transAxes,
+            ha="right",
+            va="top",
+            fontsize=7,
+            color="#666666",
+        )
+    return out
+
+
+def fig_latent_map(m: Mapping[str, Any], kind: str = "pca", seed: int = 0) -> tuple[Figure, dict]:
+    """The 2-D map (``kind``: pca or umap) of every (member, checkpoint) latent, one panel per
+    colouring (test accuracy, epoch, init scheme, learning rate); marker: the member's split.
+    Each panel is a subfigure, so its colour bar or legend sits next to it."""
+    items: pd.DataFrame = m["items"]
+    xy = m["maps"][kind]
+    n = len(items)
+    order = np.random.default_rng(seed).permutation(n)  # no colour drawn on top of all others
+    size = _size(n)
+    panels = {}
+    with _style():
+        fig = Figure(figsize=(9.6, 7.6), layout="constrained")
+        subs = fig.subfigures(2, 2, wspace=0.03, hspace=0.03).ravel()
+        outside = 0
+        for sub, (col, title, label) in zip(subs, COLOR_BY):
+            ax = sub.subplots()
+            panels[col] = _colour_panel(sub, ax, xy, items, col, label, order, size)
+            ax.set_title(title)
+            _axis_labels(ax, kind, m)
+            outside = _limits(ax, xy)
+        name = "PCA" if kind == "pca" else "UMAP"
+        fig.suptitle(
+            f"Latent space ({name} of the {m['latent_dim']}-d latents): {n} checkpoints of "
+            f"{m['n_members']} members"
+        )
+        present = [sp for sp in SPLIT_MARKERS if (items["split"] == sp).any()]
+        handles = [
+            Line2D([], [], ls="", marker=SPLIT_MARKERS[sp], ms=6, color="#555555", label=sp)
+            for sp in present
+        ]
+        _legend(fig, handles, title="marker: the member's split in the autoencoder run")
+    data = {
+        "kind": kind,
+        "panels": panels,
+        "points_outside_frame": outside,
+        "points": _points(items, xy),
+    }
+    if kind == "pca":
+        data["variance_ratio"] = m["pca_variance_ratio"]
+    return fig, data
+
+
+def _points(items: pd.DataFrame, xy: np.ndarray) -> dict[str, list]:
+    """One entry per (member, checkpoint), column-wise: the map's coordinates and what the
+    panels colour by."""
+    out: dict[str, list] = {
+        "member_id": items["member_id"].astype(int).tolist(),
+        "epoch": items["epoch"].astype(int).tolist(),
+        "split": items["split"].astype(str).tolist(),
+        "x": np.round(xy[:, 0], 5).tolist(),
+        "y": np.round(xy[:, 1], 5).tolist(),
+    }
+    for col in ("test_acc", "lr", "init"):
+        if col in items:
+            v = items[col]
+            out[col] = v.astype(str).tolist() if col == "init" else _lists(v.to_numpy(float))
+    return out
+
+
+def fig_latent_trajectories(m: Mapping[str, Any], kind: str = "pca") -> tuple[Figure, dict]:
+    """Left: chosen members' checkpoints joined in epoch order on the map (grey: all
+    checkpoints), one colour per member. Right: distance of each checkpoint's latent from its
+    member's epoch-0 latent, per init scheme (median and interquartile band), in the full
+    latent space."""
+    items: pd.DataFrame = m["items"]
+    xy = m["maps"][kind]
+    trajs = m["trajectories"]
+    epochs = m["epochs"]
+    with _style():
+        fig = Figure(figsize=(10.0, 4.9), layout="constrained")
+        ax, ax2 = fig.subplots(1, 2, width_ratios=[1.2, 1])
+        ax.scatter(*xy.T, s=_size(len(items)) * 0.6, color="#d4d4d4", lw=0, zorder=1)
+        cmap = mpl.colormaps["tab20" if len(trajs) > 10 else "tab10"]
+        out, handles = [], []
+        for i, t in enumerate(trajs):
+            p = xy[t["rows"]]
+            color = cmap(i % cmap.N)
+            ax.plot(*p.T, color=color, lw=1.2, alpha=0.95, zorder=2)
+            ax.scatter(*p[1:-1].T, s=8, color=color, lw=0, zorder=3)
+            if len(p) >= 2:
+                ax.annotate(
+                    "",
+                    xy=p[-1],
+                    xytext=p[-2],
+                    arrowprops={"arrowstyle": "-|>", "color": color, "lw": 1.2},
+                    zorder=3,
+                )
+            ax.scatter(*p[0], s=24, facecolor="white", edgecolor=color, lw=1.3, zorder=4)
+            ax.scatter(*p[-1], s=24, color=color, lw=0, zorder=4)
+            lr = t.get("lr")
+            label = f"{t['member_id']}: {100 * t['test_acc'][-1]:.0f}%" + (
+                f", lr {lr:.2g}" if lr is not None and np.isfinite(lr) else ""
+            )
+            handles.append(Line2D([], [], color=color, lw=2, label=label))
+            out.append(
+                {
+                    **{k: v for k, v in t.items() if k != "rows"},
+                    "x": np.round(p[:, 0], 5).tolist(),
+                    "y": np.round(p[:, 1], 5).tolist(),
+                }
+            )
+        _limits(ax, xy)
+        ax.set_title(f"{len(trajs)} members, epoch {epochs[0]} (○) → {epochs[-1]} (●)")
+        _axis_labels(ax, kind, m)
+        ax.legend(
+            handles=handles,
+            title=f"member: test acc. at epoch {epochs[-1]}",
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),
+            frameon=False,
+            fontsize=7,
+            handlelength=1.2,
+        )
+
+        disp = m["displacement"]
+        for i, (g, q) in enumerate(disp.items()):
+            c = f"C{i}"
+            ax2.plot(epochs, q["median"], marker="o", ms=3.5, lw=1.6, color=c, label=g)
+            ax2.fill_between(epochs, q["q25"], q["q75"], color=c, alpha=0.18, lw=0)
+        if len(epochs) > 1 and epochs[1] - epochs[0] <= 1 and epochs[-1] > 10:
+            ax2.set_xscale("symlog", linthresh=1)
+            ax2.set_xlabel("epoch (symlog scale)")
+        else:
+            ax2.set_xlabel("epoch")
+        ax2.set_xticks(epochs)
+        ax2.set_xticklabels([str(e) for e in epochs])
+        ax2.set_ylabel(f"‖z(epoch) − z(epoch {epochs[0]})‖ (latent units)")
+        ax2.set_title("Distance travelled in the latent space")
+        ax2.legend(
+            handles=[
+                Line2D([], [], color=f"C{i}", lw=2, label=f"{g} (n={q['n_members']})")
+                for i, (g, q) in enumerate(disp.items())
+            ],
+            title="init scheme",
+            loc="upper left",
+            frameon=False,
+        )
+    return fig, {"kind": kind, "epochs": epochs, "trajectories": out, "displacement": disp}
+
+
+# --------------------------------------------------------------------------- section
+QUESTION = (
+    "5. Latent space",
+    "What does the autoencoder's latent space arrange the zoo by, and how does a network move "
+    "through it as it trains?",
+)
+
+
+def _g(x: float, digits: int = 2) -> str:
+    return "–" if x is None or not np.isfinite(x) else f"{x:.{digits}g}"
+
+
+def _strongest(rhos: list[float]) -> tuple[int, float]:
+    a = np.abs(np.nan_to_num(np.asarray(rhos, dtype=float)))
+    k = int(np.argmax(a))
+    return k, float(rhos[k])
+
+
+def section_latent(run: Run, opts: Mapping[str, Any], zoo_root=None, seed: int = 0) -> Section:
+    """Section 5 for an autoencoder run (already loaded: :func:`weightspace.latents.load_run`)."""
+    s = Section(key="latent", title=QUESTION[0], question=QUESTION[1])
+    epochs = opts.get("epochs")
+    lat = encode_zoo(run, epochs=list(epochs) if isinstance(epochs, list | tuple) else epochs)
+    log.info(
+        "latent: %d checkpoints of %d members encoded", len(lat), lat.items.member_id.nunique()
+    )
+    umap_opt = opts.get("umap", "auto")
+    use_umap = None if umap_opt in (None, "auto") else bool(umap_opt)
+    m = latent_measures(
+        lat, seed=seed, n_trajectories=int(opts.get("n_trajectories", 12)), use_umap=use_umap
+    )
+    s.notes += m["notes"]
+    if zoo_root is not None and Path(zoo_root).resolve() not in (
+        run.zoo.resolve(),
+        run.parent_zoo.resolve(),
+    ):
+        s.notes.append(
+            f"The latents are of the run's own zoo {run.zoo}, not of zoo={zoo_root}: an "
+            "autoencoder encodes the zoo its normalization and splits were made for."
+        )
+    if run.zoo != run.parent_zoo:
+        s.notes.append(
+            f"canon={run.canon}: the run read the derived zoo {run.zoo.name} (the members of "
+            f"{run.parent_zoo.name} in one symmetry frame, same member ids and metrics); its "
+            "checkpoints are encoded as the run saw them."
+        )
+    n, n_m = m["n_points"], m["n_members"]
+    counts = lat.items.drop_duplicates("member_id")["split"].value_counts()
+    split_text = ", ".join(f"{counts.get(k, 0)} {k}" for k in ("train", "val", "test"))
+    s.figures.append(
+        ReportFigure(
+            "latent_map_pca",
+            "The latent space, PCA",
+            f"Every checkpoint of every member ({n} points: {n_m} members x epochs "
+            f"{', '.join(map(str, m['epochs']))}) encoded by the run's encoder and projected on "
+            "the first two principal components of the latents; one panel per colouring. "
+            f"Marker: the member's split in the run ({split_text} members); val and test "
+            "members were never trained on.",
+            *fig_latent_map(m, "pca", seed),
+        )
+    )
+    if "umap" in m["maps"]:
+        s.figures.append(
+            ReportFigure(
+                "latent_map_umap",
+                "The latent space, UMAP",
+                "The same latents embedded with UMAP (15 neighbours, seeded), which keeps "
+                "neighbourhoods rather than global distances: clusters mean something, the "
+                "distances between them little.",
+                *fig_latent_map(m, "umap", seed),
+            )
+        )
+    s.figures.append(
+        ReportFigure(
+            "latent_trajectories",
+            "Training trajectories in the latent space",
+            f"Left: {len(m['trajectories'])} members chosen evenly over the range of final test "
+            "accuracy, each checkpoint joined in epoch order on the PCA map (open circle: "
+            "epoch 0, filled with an arrow: last epoch). Right: how far each checkpoint's latent "
+            "is from its member's epoch-0 latent in the full latent space, per init scheme "
+            "(median, interquartile band over members).",
+            *fig_latent_trajectories(m, "pca"),
+        )
+    )
+
+    # ---- the text, from the numbers
+    ratio = m["pca_variance_ratio"]
+    rho = m["spearman"]
+    k_acc, r_acc = _strongest(rho["test_acc"])
+    k_ep, r_ep = _strongest(rho["epoch"])
+    k_lr, r_lr = _strongest(rho["log_lr"])
+    ordered = abs(r_acc) >= 0.5
+    s.paragraphs.append(
+        f"The first two principal components hold {100 * (ratio[0] + ratio[1]):.0f}% of the "
+        f"variance of the {m['latent_dim']}-d latents ({100 * ratio[0]:.0f}% and "
+        f"{100 * ratio[1]:.0f}%). Along them, test accuracy follows PC {k_acc + 1} "
+        f"(Spearman ρ = {_g(r_acc)}), the epoch PC {k_ep + 1} (ρ = {_g(r_ep)}) and the "
+        f"learning rate PC {k_lr + 1} (ρ = {_g(r_lr)}, on log lr). "
+        + (
+            "The map orders the networks by how well they work."
+            if ordered
+            else "The expectation that the map orders networks by test accuracy fails here: "
+            "no principal direction follows it closely (|ρ| < 0.5)."
+        )
+    )
+    eta = m["eta2"]
+    if "init" in eta:
+        n_init = lat.items["init"].nunique()
+        s.paragraphs.append(
+            f"The {n_init} init schemes "
+            + (
+                f"separate on the map: {100 * eta['init']:.1f}% of its variance lies between "
+                "their groups."
+                if eta["init"] >= 0.3
+                else f"overlap on the map: only {100 * eta['init']:.1f}% of its variance lies "
+                "between their groups (between the checkpoint epochs: "
+                f"{100 * eta.get('epoch', float('nan')):.0f}%)."
+            )
+        )
+    moved, spread = m["moved_median"], m["spread_median"]
+    e0, e1 = m["epochs"][0], m["epochs"][-1]
+    if len(m["epochs"]) > 1:
+        frac_first = moved[1] / moved[-1] if moved[-1] > 0 else float("nan")
+        converge = spread[-1] < spread[0]
+        s.paragraphs.append(
+            f"From epoch {e0} to {e1} a network's latent moves {_g(moved[-1], 3)} (median; "
+            f"{100 * frac_first:.0f}% of that by epoch {m['epochs'][1]}), against a spread of "
+            f"the population of {_g(spread[0], 3)} at epoch {e0} and {_g(spread[-1], 3)} at "
+            f"epoch {e1} (median distance to the centroid). "
+            + (
+                "The members draw together as they train."
+                if converge
+                else "The expectation that trained networks gather in one region fails: the "
+                "population spreads out as it trains, the initializations being closer to "
+                "each other in the latent space than the trained networks."
+            )
+        )
+    s.summary.update(
+        {
+            "n_points": float(n),
+            "pca_variance_2d": float(ratio[0] + ratio[1]),
+            "spearman_test_acc": r_acc,
+            "spearman_epoch": r_ep,
+            "spearman_log_lr": r_lr,
+            "eta2_init": float(eta.get("init", float("nan"))),
+            "moved_median_last": float(moved[-1]),
+            "spread_first": float(spread[0]),
+            "spread_last": float(spread[-1]),
+        }
+    )
+
+    ev = run.evaluation()
+    if ev is None:
+        s.notes.append(
+            "The run has no evaluation/ folder (trained with evaluate=false): no probe table."
+        )
+    else:
+        info = ev.get("info", {})
+        held = info.get("n_members/test")
+        s.tables.append(
+            Table(
+                "latent_probes",
+                "Probes on held-out members: the latent against the baselines (R² for numbers, "
+                "accuracy for categories; from the run's evaluation"
+                + (f", {held} test members" if held else "")
+                + ")",
+                ev["table"],
+            )
+        )
+        rec = ev.get("reconstruction")
+        if rec is not None and "model" in rec:
+            keep = [
+                c
+                for c in ("model", "r2_mean", "orig_acc", "recon_acc", "agreement")
+                if c in rec.columns
+            ]
+            s.tables.append(
+                Table(
+                    "latent_reconstruction",
+                    "Reconstruction of the held-out networks (autoencoder vs. PCA of the same "
+                    "width): mean per-tensor R², test accuracy of the originals and of the "
+                    "decoded networks, agreement of their predicted labels",
+                    rec[keep],
+                )
+            )
+        _probe_sentence(s, ev["table"])
+    return s
+
+
+def _probe_sentence(s: Section, table: pd.DataFrame) -> None:
+    """One sentence comparing the latent's linear probe with the best baseline per target."""
+    if "target" not in table or "latent linear" not in table:
+        return
+    parts = []
+    for _, row in table.iterrows():
+        try:
+            ours = float(row["latent linear"])
+        except ValueError:
+            continue
+        base = {
+            c: float(row[c])
+            for c in table.columns
+            if c not in ("target", "metric", "chance")
+            and not c.startswith("latent")
+            and _is_float(row[c])
+        }
+        if not base or not math.isfinite(ours):
+            continue
+        best = max(base, key=base.get)
+        parts.append(f"{row['target']} {ours:.2f} vs {base[best]:.2f} ({best})")
+    if parts:
+        s.paragraphs.append(
+            "Held-out probes (latent linear vs the best baseline): " + "; ".join(parts) + "."
+        )
+
+
+def _is_float(v: Any) -> bool:
+    try:
+        return math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False

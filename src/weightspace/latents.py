@@ -1,0 +1,303 @@
+"""Latents of a trained autoencoder run: load its folder, encode a zoo's checkpoints.
+
+An autoencoder run folder (written by ``scripts/train_autoencoder.py``, see
+:mod:`weightspace.train_ae`) holds ``run.json`` (the zoo it read), ``config.yaml`` (the
+resolved config), ``checkpoints/`` and, when evaluated, ``evaluation/``. :func:`load_run`
+rebuilds what the run trained on exactly as training built it:
+
+- the **datamodule** from the run's own ``data`` config, on the zoo the run read (for
+  ``canon=align`` the derived ``<zoo>-merge_many``, recorded in ``run.json``), with the same
+  split seed and per-batch transform (``canon=canonical``);
+- the **normalizer** fitted on the training split, taken from the checkpoint (it travels in
+  the model's hyperparameters), so it is the one the model saw, not a refit;
+- the **model** from the best checkpoint (lowest ``val/recon``, the one the run's evaluation
+  used), else ``last.ckpt``.
+
+:func:`encode_zoo` then encodes every checkpoint of every member the run's data holds (the
+run's ``epochs`` / ``test_acc_range`` filters aside: all epochs by default) without
+augmentation, and returns the latents with one row per (member, checkpoint): split
+(train / val / test), epoch, metrics and hyperparameters (categories as names).
+
+    run = load_run("outputs/autoencoder/2026-11-23_20-38-34")
+    lat = encode_zoo(run)          # lat.z: (N, latent); lat.items: member_id, epoch, split, ...
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from weightspace.dataset import WeightDataModule, WeightDataset
+from weightspace.errors import ConfigError, ZooError
+from weightspace.zoo import MANIFEST
+
+log = logging.getLogger(__name__)
+
+RUN_FILE = "run.json"  # = weightspace.train_ae.RUN_FILE (not imported: it pulls in W&B)
+CONFIG_FILE = "config.yaml"
+EVALUATION_DIR = "evaluation"
+RUN_DIRS = ("autoencoder", "autoencoder-multirun")  # where train_autoencoder.py writes runs
+SPLITS = ("train", "val", "test")
+
+
+# --------------------------------------------------------------------------- finding a run
+def is_run(path: Path) -> bool:
+    return (path / RUN_FILE).is_file() and (path / CONFIG_FILE).is_file()
+
+
+def find_runs(log_dir: str | Path) -> list[Path]:
+    """Every run folder under ``log_dir/autoencoder*/``, oldest first (by ``run.json``)."""
+    root = Path(log_dir)
+    found = []
+    for d in RUN_DIRS:
+        found += [p.parent for p in (root / d).glob(f"*/{RUN_FILE}")]
+        found += [p.parent for p in (root / d).glob(f"*/*/{RUN_FILE}")]  # multirun jobs
+    runs = [p for p in found if is_run(p)]
+    return sorted(runs, key=lambda p: ((p / RUN_FILE).stat().st_mtime, str(p)))
+
+
+def resolve_run(value: str | Path, log_dir: str | Path, key: str = "autoencoder") -> Path:
+    """A run folder from ``value``: a path to one; a path relative to ``log_dir``
+    (``autoencoder/2026-11-23_20-38-34``) or a run name under ``log_dir/autoencoder/``
+    (``2026-11-23_20-38-34``); or ``latest``, the newest run under ``log_dir``."""
+    text = str(value)
+    if text == "latest":
+        runs = find_runs(log_dir)
+        if not runs:
+            raise ConfigError(
+                f"{key}=latest: no autoencoder run under {Path(log_dir)}/autoencoder "
+                "(train one with scripts/train_autoencoder.py)"
+            )
+        return runs[-1].resolve()
+    path = Path(text).expanduser()
+    candidates = [path]
+    if not path.is_absolute():
+        candidates += [Path(log_dir) / path, Path(log_dir) / RUN_DIRS[0] / path]
+    for c in candidates:
+        if is_run(c):
+            return c.resolve()
+    where = path if path.is_absolute() or path.exists() else Path(log_dir) / RUN_DIRS[0] / path
+    why = "does not exist" if not where.exists() else f"has no {RUN_FILE} and {CONFIG_FILE}"
+    raise ConfigError(
+        f"{key}: {where.resolve()} is not an autoencoder run folder ({why}; give a folder "
+        f"written by scripts/train_autoencoder.py, a run name under {Path(log_dir)}/autoencoder, "
+        "or latest)"
+    )
+
+
+def checkpoint_of(run_dir: Path, which: str = "best") -> Path:
+    """``best``: the best checkpoint (else last); ``last``; or a file name in checkpoints/."""
+    folder = run_dir / "checkpoints"
+    if which == "best":
+        best = sorted(folder.glob("best-*.ckpt"))
+        if best:
+            return best[-1]
+        which = "last"
+    path = folder / ("last.ckpt" if which == "last" else which)
+    if not path.is_file():
+        raise ConfigError(f"autoencoder: {run_dir} has no checkpoint {path.name} in checkpoints/")
+    return path
+
+
+# --------------------------------------------------------------------------- the run
+@dataclass
+class Run:
+    """A trained autoencoder run, rebuilt: model (eval mode, CPU) and datamodule (set up)."""
+
+    path: Path
+    config: DictConfig
+    record: dict[str, Any]
+    zoo: Path  # the zoo the run read (the derived zoo for canon=align)
+    checkpoint: Path
+    model: Any  # weightspace.autoencoder.WeightAutoencoder
+    datamodule: WeightDataModule
+
+    @property
+    def canon(self) -> str:
+        return str(OmegaConf.select(self.config, "canon.name", default="none"))
+
+    @property
+    def parent_zoo(self) -> Path:
+        """The zoo the run's zoo was derived from (itself when not derived)."""
+        derived = self.datamodule.full_dataset.zoos[0].derived_from
+        return Path(derived["path"]) if derived else self.zoo
+
+    def describe(self) -> str:
+        m = self.model
+        return (
+            f"{self.path} (encoder {m.hparams.encoder.get('kind', '?')}, latent "
+            f"{m.hparams.latent_dim}, canon={self.canon}, zoo {self.zoo}, checkpoint "
+            f"{self.checkpoint.name})"
+        )
+
+    def evaluation(self) -> dict[str, Any] | None:
+        """The run's end-of-training evaluation (``evaluation/``), or None if it has none:
+        ``table`` (the probe / baseline table as a DataFrame, from ``table.md``), ``probes``
+        and ``reconstruction`` (from the CSVs), ``info`` and ``generation`` (results.json)."""
+        folder = self.path / EVALUATION_DIR
+        if not (folder / "table.md").is_file():
+            return None
+        out: dict[str, Any] = {"table": read_markdown_table(folder / "table.md")}
+        if (folder / "probes.csv").is_file():
+            out["probes"] = pd.read_csv(folder / "probes.csv")
+        if (folder / "reconstruction.csv").is_file():
+            out["reconstruction"] = pd.read_csv(folder / "reconstruction.csv")
+        if (folder / "results.json").is_file():
+            res = json.loads((folder / "results.json").read_text())
+            out["info"] = res.get("info", {})
+            out["generation"] = res.get("generation", {})
+        return out
+
+
+def read_markdown_table(path: Path) -> pd.DataFrame:
+    """A pipe table (header, separator, rows) as a DataFrame of strings."""
+    rows = [
+        [c.strip() for c in line.strip().strip("|").split("|")]
+        for line in path.read_text().splitlines()
+        if line.strip().startswith("|")
+    ]
+    rows = [r for r in rows if not all(set(c) <= set("-: ") for c in r)]  # the separator
+    if not rows:
+        raise ConfigError(f"autoencoder: {path} holds no table")
+    return pd.DataFrame(rows[1:], columns=rows[0])
+
+
+def load_run(run_dir: str | Path, checkpoint: str = "best") -> Run:
+    """Rebuild an autoencoder run's model and datamodule (see the module docs).
+
+    Raises :class:`ConfigError` when ``run_dir`` is not a run folder or its checkpoint does
+    not load, :class:`ZooError` when the zoo it trained on is gone.
+    """
+    from hydra.utils import instantiate
+
+    from weightspace.autoencoder import WeightAutoencoder
+    from weightspace.dataset import LayerNormalizer
+
+    path = Path(run_dir).expanduser().resolve()
+    if not is_run(path):
+        raise ConfigError(
+            f"autoencoder: {path} is not an autoencoder run folder (no {RUN_FILE} and "
+            f"{CONFIG_FILE}; give a folder written by scripts/train_autoencoder.py)"
+        )
+    try:
+        record = json.loads((path / RUN_FILE).read_text())
+        config = OmegaConf.load(path / CONFIG_FILE)
+        zoo = Path(record["zoo"])
+        data_cfg = config.data
+    except Exception as e:  # unreadable JSON / YAML, or fields missing
+        raise ConfigError(f"autoencoder: {path}: unreadable run files ({e})") from e
+    if not (zoo / MANIFEST).is_file():
+        raise ZooError(
+            f"autoencoder: the zoo of run {path} is gone: {zoo} (no {MANIFEST}); regenerate it "
+            "with the commands that made it, or train a new run"
+        )
+    ckpt = checkpoint_of(path, checkpoint)
+    try:
+        model = WeightAutoencoder.load_from_checkpoint(str(ckpt), map_location="cpu")
+    except Exception as e:  # a truncated or foreign file
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"autoencoder: cannot load checkpoint {ckpt} ({msg})") from e
+    model.eval()
+
+    # The run's own data config, on the zoo it read; the normalizer is the one the model
+    # was trained with (fitted on the training split), so setup() does not refit it.
+    datamodule = instantiate(data_cfg, zoo_paths=str(zoo), cache=False, _convert_="all")
+    norm = model.hparams.get("normalizer")
+    datamodule.normalizer = None if norm is None else LayerNormalizer.from_dict(norm)
+    datamodule.setup()
+    if tuple(datamodule.spec.widths) != tuple(model.spec.widths):
+        raise ZooError(
+            f"autoencoder: zoo {zoo} has widths {list(datamodule.spec.widths)} but checkpoint "
+            f"{ckpt} was trained on {list(model.spec.widths)}"
+        )
+    return Run(path, config, record, zoo, ckpt, model, datamodule)
+
+
+# --------------------------------------------------------------------------- encoding
+@dataclass
+class Latents:
+    """Latents ``z`` ``(N, latent)`` with one ``items`` row per (member, checkpoint)."""
+
+    z: np.ndarray
+    items: pd.DataFrame
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def epochs(self) -> list[int]:
+        return sorted(int(e) for e in self.items["epoch"].unique())
+
+
+def encode_zoo(
+    run: Run,
+    epochs: list[int] | str | None = None,
+    batch_size: int = 512,
+) -> Latents:
+    """Encode the run's zoo: every checkpoint (or ``epochs``: a list, or ``"last"``) of every
+    member of the run's data (diverged members excluded as the run excluded them).
+
+    ``items`` columns: ``zoo_index``, ``member_id``, ``epoch``, ``split`` (the member's split
+    in the run: train / val / test), ``seen`` (this checkpoint was among the run's data:
+    its ``epochs`` / ``test_acc_range`` filters), the metrics (``test_acc``, ...), the
+    members' hyperparameters (``lr``, ...) and categorical ones by name (``init``, ...).
+    Rows are sorted by zoo, member, epoch.
+    """
+    dm = run.datamodule
+    full = dm.full_dataset
+    ds = WeightDataset(
+        full.zoos,
+        full.representation,
+        epochs=epochs,
+        exclude_diverged=dm.exclude_diverged,
+        transform=full.transform,
+        seed=dm.seed,
+        normalizer=dm.normalizer,
+    )
+    model = run.model
+    zs = []
+    with torch.no_grad():
+        for s in range(0, len(ds), batch_size):
+            batch = ds.__getitems__(list(range(s, min(s + batch_size, len(ds)))))
+            zs.append(model.encode(batch).float().cpu())
+    z = torch.cat(zs).numpy().astype(np.float64)
+
+    items = ds.items
+    for col, names in ds.categories.items():
+        items[col] = np.asarray(names, dtype=object)[items[col].to_numpy()]
+    split_of = {key: name for name in SPLITS for key in dm.splits[name]}
+    keys = list(zip(items["zoo_index"].tolist(), items["member_id"].tolist()))
+    items.insert(3, "split", [split_of.get(k, "unused") for k in keys])
+    seen = set(
+        zip(
+            full.items["zoo_index"].tolist(),
+            full.items["member_id"].tolist(),
+            full.items["epoch"].tolist(),
+        )
+    )
+    items.insert(
+        4,
+        "seen",
+        [k in seen for k in zip(*(items[c].tolist() for c in ("zoo_index", "member_id", "epoch")))],
+    )
+    return Latents(z, items.reset_index(drop=True))
+
+
+__all__ = [
+    "Latents",
+    "Run",
+    "checkpoint_of",
+    "encode_zoo",
+    "find_runs",
+    "load_run",
+    "read_markdown_table",
+    "resolve_run",
+]
