@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 from conftest import compose_cfg
+from test_latent_analysis import train_tiny_run
 
 from weightspace.analysis import analyze, compose_config
 from weightspace.generate import generate
@@ -75,26 +77,9 @@ def open_headless(page: Path, profile: Path) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.slow
-def test_report_loads_every_image_without_console_errors(api_zoo_path, tmp_path):
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} not installed (Debian: apt-get install chromium)")
-    constant = generate(
-        compose_cfg(tmp_path, "zoo.name=constant", "zoo.size=4", "zoo.hparams.init=constant")
-    ).path
-    cfg = compose_config(
-        f"paths.root_dir={tmp_path}",
-        f"zoo={api_zoo_path}",
-        f"compare_zoo={constant}",
-        "runs_differ.n_members=4",
-        "runs_differ.n_interp_pairs=2",
-        "runs_differ.n_interp_points=5",
-    )
-    result = analyze(cfg)
-    html = result["report"].read_text()
+def assert_loads_cleanly(html: str, tmp_path: Path) -> None:
+    """Open ``html`` (with the probe) in headless Chromium: every image loads, no errors."""
     n_images = html.count("<img ")
-    assert n_images == len(result["pngs"]) >= 10
-
     probed = tmp_path / "probed.html"
     assert html.count("<head>") == 1
     probed.write_text(html.replace("<head>", "<head>\n" + PROBE, 1))
@@ -108,3 +93,48 @@ def test_report_loads_every_image_without_console_errors(api_zoo_path, tmp_path)
     assert state["errors"] == [], "errors in the page"
     console = [line for line in run.stderr.splitlines() if ":CONSOLE" in line]
     assert console == [], "console messages"
+
+
+def needs_chromium() -> None:
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} not installed (Debian: apt-get install chromium)")
+
+
+@pytest.mark.slow
+def test_report_loads_every_image_without_console_errors(api_zoo_path, tmp_path):
+    needs_chromium()
+    constant = generate(
+        compose_cfg(tmp_path, "zoo.name=constant", "zoo.size=4", "zoo.hparams.init=constant")
+    ).path
+    cfg = compose_config(
+        f"paths.root_dir={tmp_path}",
+        f"zoo={api_zoo_path}",
+        f"compare_zoo={constant}",
+        "runs_differ.n_members=4",
+        "runs_differ.n_interp_pairs=2",
+        "runs_differ.n_interp_points=5",
+    )
+    result = analyze(cfg)
+    html = result["report"].read_text()
+    assert html.count("<img ") == len(result["pngs"]) >= 10
+    assert_loads_cleanly(html, tmp_path)
+
+
+@pytest.mark.slow
+def test_report_with_the_latent_section_loads_cleanly(api_zoo_path, tmp_path):
+    """Section 5 adds its maps and its probe tables; the page still loads cleanly."""
+    needs_chromium()
+    zoo = tmp_path / "zoos" / "api"
+    shutil.copytree(api_zoo_path, zoo)
+    run_dir = train_tiny_run(tmp_path, zoo)
+    cfg = compose_config(
+        f"paths.root_dir={tmp_path}",
+        f"autoencoder={run_dir}",
+        "sections=[patterns,latent]",
+        "latent.umap=false",
+    )
+    result = analyze(cfg)
+    assert {"latent_map_pca", "latent_trajectories"} <= set(result["pngs"])
+    html = result["report"].read_text()
+    assert html.count("<img ") == len(result["pngs"]) and "latent linear" in html
+    assert_loads_cleanly(html, tmp_path)
