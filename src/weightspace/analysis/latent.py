@@ -133,6 +133,11 @@ def latent_measures(
         name: [_rho(xy[:, k], v) for k in range(2)]
         for name, v in (("test_acc", acc), ("epoch", ep), ("log_lr", log_lr))
     }
+    last = ep == ep.max()
+    rho_last = {  # among the last checkpoints only: accuracy without training progress
+        name: [_rho(xy[last, k], v[last]) for k in range(2)]
+        for name, v in (("test_acc", acc), ("log_lr", log_lr))
+    }
     eta2 = {
         c: _eta2(xy, items[c].astype(str).to_numpy())
         for c in ("init", "epoch")
@@ -157,6 +162,10 @@ def latent_measures(
             "median": [v[1] for v in q],
             "q75": [v[2] for v in q],
         }
+    # How much of the full latent's variance lies between the init schemes, epoch by epoch.
+    eta2_init_latent = (
+        [_eta2(z[ep == e], inits[ep == e]) for e in epochs] if len(np.unique(inits)) > 1 else []
+    )
     spread = []
     for e in epochs:
         ze = z[ep == e]
@@ -189,7 +198,9 @@ def latent_measures(
         "maps": maps,
         "pca_variance_ratio": ratio.tolist(),
         "spearman": rhos,
+        "spearman_last_epoch": rho_last,
         "eta2": eta2,
+        "eta2_init_latent": eta2_init_latent,
         "displacement": displacement,
         "moved_median": moved_all,
         "spread_median": spread,
@@ -474,9 +485,7 @@ def section_latent(run: Run, opts: Mapping[str, Any], zoo_root=None, seed: int =
     s = Section(key="latent", title=QUESTION[0], question=QUESTION[1])
     epochs = opts.get("epochs")
     lat = encode_zoo(run, epochs=list(epochs) if isinstance(epochs, list | tuple) else epochs)
-    log.info(
-        "latent: %d checkpoints of %d members encoded", len(lat), lat.items.member_id.nunique()
-    )
+    log.info("latent: %d checkpoints of %d members", len(lat), lat.items.member_id.nunique())
     umap_opt = opts.get("umap", "auto")
     use_umap = None if umap_opt in (None, "auto") else bool(umap_opt)
     m = latent_measures(
@@ -543,6 +552,19 @@ def section_latent(run: Run, opts: Mapping[str, Any], zoo_root=None, seed: int =
     k_ep, r_ep = _strongest(rho["epoch"])
     k_lr, r_lr = _strongest(rho["log_lr"])
     ordered = abs(r_acc) >= 0.5
+    r_last = m["spearman_last_epoch"]["test_acc"][k_acc]
+    within = (
+        f" Among the networks of the last checkpoint alone (epoch {m['epochs'][-1]}), PC "
+        f"{k_acc + 1} still follows test accuracy with ρ = {_g(r_last)}"
+        + (
+            ": the map orders trained networks by quality, not only by training progress."
+            if abs(r_last) >= 0.5
+            else ": most of that order is training progress (epoch), which accuracy tracks; "
+            "between trained networks the map says less about which is better."
+        )
+        if len(m["epochs"]) > 1
+        else ""
+    )
     s.paragraphs.append(
         f"The first two principal components hold {100 * (ratio[0] + ratio[1]):.0f}% of the "
         f"variance of the {m['latent_dim']}-d latents ({100 * ratio[0]:.0f}% and "
@@ -555,7 +577,9 @@ def section_latent(run: Run, opts: Mapping[str, Any], zoo_root=None, seed: int =
             else "The expectation that the map orders networks by test accuracy fails here: "
             "no principal direction follows it closely (|ρ| < 0.5)."
         )
+        + within
     )
+    s.summary["spearman_test_acc_last_epoch"] = float(r_last)
     eta = m["eta2"]
     if "init" in eta:
         n_init = lat.items["init"].nunique()
@@ -569,7 +593,13 @@ def section_latent(run: Run, opts: Mapping[str, Any], zoo_root=None, seed: int =
                 "between their groups (between the checkpoint epochs: "
                 f"{100 * eta.get('epoch', float('nan')):.0f}%)."
             )
+            + " In the full latent space the share between init schemes is "
+            + ", ".join(
+                f"{100 * v:.1f}% at epoch {e}" for e, v in zip(m["epochs"], m["eta2_init_latent"])
+            )
+            + "."
         )
+        s.summary["eta2_init_latent_first"] = float(m["eta2_init_latent"][0])
     moved, spread = m["moved_median"], m["spread_median"]
     e0, e1 = m["epochs"][0], m["epochs"][-1]
     if len(m["epochs"]) > 1:
