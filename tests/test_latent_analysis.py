@@ -222,6 +222,18 @@ def test_latent_section_end_to_end(run_dir, ae_root, tmp_path):
     assert "latent linear" in html and '<section id="latent">' in html
 
 
+def test_one_checkpoint_per_member(run_dir, tmp_path):
+    """latent.epochs=last: a map of the trained networks only; trajectories of one point."""
+    cfg = latent_cfg(tmp_path, f"autoencoder={run_dir}", "sections=[latent]", "latent.epochs=last")
+    result = analyze(cfg)
+    s = json.loads(result["data"].read_text())["sections"]["latent"]
+    assert set(s["figures"]["latent_map_pca"]["data"]["points"]["epoch"]) == {3}
+    assert all(
+        t["epochs"] == [3] for t in s["figures"]["latent_trajectories"]["data"]["trajectories"]
+    )
+    assert "epoch PC" not in s["paragraphs"][0]
+
+
 def test_the_runs_zoo_is_analysed_when_no_zoo_is_given(run_dir, ae_root, tmp_path):
     cfg = latent_cfg(
         tmp_path,

@@ -412,8 +412,11 @@ def fig_latent_trajectories(m: Mapping[str, Any], kind: str = "pca") -> tuple[Fi
             ax.scatter(*p[0], s=24, facecolor="white", edgecolor=color, lw=1.3, zorder=4)
             ax.scatter(*p[-1], s=24, color=color, lw=0, zorder=4)
             lr = t.get("lr")
-            label = f"{t['member_id']}: {100 * t['test_acc'][-1]:.0f}%" + (
-                f", lr {lr:.2g}" if lr is not None and np.isfinite(lr) else ""
+            acc_last = t["test_acc"][-1]
+            label = (
+                str(t["member_id"])
+                + (f": {100 * acc_last:.0f}%" if np.isfinite(acc_last) else "")
+                + (f", lr {lr:.2g}" if lr is not None and np.isfinite(lr) else "")
             )
             handles.append(Line2D([], [], color=color, lw=2, label=label))
             out.append(
@@ -569,7 +572,9 @@ def section_latent(run: Run, opts: Mapping[str, Any], zoo_root=None, seed: int =
         f"The first two principal components hold {100 * (ratio[0] + ratio[1]):.0f}% of the "
         f"variance of the {m['latent_dim']}-d latents ({100 * ratio[0]:.0f}% and "
         f"{100 * ratio[1]:.0f}%). Along them, test accuracy follows PC {k_acc + 1} "
-        f"(Spearman ρ = {_g(r_acc)}), the epoch PC {k_ep + 1} (ρ = {_g(r_ep)}) and the "
+        f"(Spearman ρ = {_g(r_acc)})"
+        + (f", the epoch PC {k_ep + 1} (ρ = {_g(r_ep)})" if len(m["epochs"]) > 1 else "")
+        + " and the "
         f"learning rate PC {k_lr + 1} (ρ = {_g(r_lr)}, on log lr). "
         + (
             "The map orders the networks by how well they work."
@@ -590,8 +595,12 @@ def section_latent(run: Run, opts: Mapping[str, Any], zoo_root=None, seed: int =
                 "their groups."
                 if eta["init"] >= 0.3
                 else f"overlap on the map: only {100 * eta['init']:.1f}% of its variance lies "
-                "between their groups (between the checkpoint epochs: "
-                f"{100 * eta.get('epoch', float('nan')):.0f}%)."
+                "between their groups"
+                + (
+                    f" (between the checkpoint epochs: {100 * eta['epoch']:.0f}%)."
+                    if "epoch" in eta
+                    else "."
+                )
             )
             + " In the full latent space the share between init schemes is "
             + ", ".join(
