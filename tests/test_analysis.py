@@ -337,6 +337,26 @@ def test_preset_composes_and_its_zoo_configs_are_valid(preset, tmp_path):
             assert gcfg.zoo.name.startswith("analysis-")
 
 
+def test_compose_generate_inside_a_running_app_keeps_the_apps_hydra(tmp_path):
+    """Presets compose conf/generate.yaml while the analysis app holds Hydra's global
+    instance: it is lent and given back."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from weightspace.analysis.run import config_dir
+
+    with config_dir() as d, initialize_config_dir(str(d), version_base="1.3"):
+        app = GlobalHydra.instance().hydra
+        gcfg = compose_generate(["zoo.size=3"])
+        assert gcfg.zoo.size == 3 and "hydra" not in gcfg
+        assert GlobalHydra.instance().hydra is app
+        assert compose("analyze", overrides=[f"zoo={tmp_path}"]).zoo == str(tmp_path)
+        with pytest.raises(ConfigError, match="task=nope"):
+            compose_generate(["task=nope"])
+        assert GlobalHydra.instance().hydra is app
+    assert not GlobalHydra.instance().is_initialized()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", PRESETS)
 def test_preset_runs_end_to_end_on_tiny_zoos(preset, tmp_path):

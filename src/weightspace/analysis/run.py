@@ -72,29 +72,40 @@ def compose_config(*overrides: str) -> DictConfig:
         return compose(CONFIG_NAME, overrides=list(overrides))
 
 
-def compose_generate(overrides: list[str]) -> DictConfig:
-    """``conf/generate.yaml`` with ``overrides``, usable inside a running Hydra app.
+@contextmanager
+def _own_global_hydra() -> Iterator[None]:
+    """Lend Hydra's global instance to a nested ``initialize_config_dir`` and give the
+    running app's back afterwards (public API: what Hydra's "already initialized" error
+    suggests). Outside an app this does nothing."""
+    from hydra.core.global_hydra import GlobalHydra
 
-    ``hydra.compose`` needs the global Hydra instance, which a running ``@hydra.main`` app
-    holds with its own search path; a private config loader over ``conf/`` avoids that.
+    gh = GlobalHydra.instance()
+    app = gh.hydra if gh.is_initialized() else None
+    gh.clear()
+    try:
+        yield
+    finally:
+        GlobalHydra.instance().clear()
+        if app is not None:
+            GlobalHydra.instance().initialize(app)
+
+
+def compose_generate(overrides: list[str]) -> DictConfig:
+    """``conf/generate.yaml`` with ``overrides``, also inside a running Hydra app.
+
+    ``hydra.compose`` uses the global Hydra instance, which a running ``@hydra.main`` app
+    holds with its own search path: it is set aside while ``conf/`` is composed
+    (:func:`_own_global_hydra`).
     """
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl
-    from hydra._internal.utils import create_config_search_path
+    from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
-    from hydra.types import RunMode
-    from omegaconf import open_dict
     from omegaconf.errors import OmegaConfBaseException
 
-    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(CONF_DIR)))
     try:
-        cfg = loader.load_configuration(
-            "generate", overrides, run_mode=RunMode.RUN, from_shell=False
-        )
+        with _own_global_hydra(), initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            return compose("generate", overrides=list(overrides))
     except (HydraException, OmegaConfBaseException, ValueError) as e:
         raise ConfigError(f"{' '.join(overrides)}: {e}".replace("\n", " ")) from e
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
 
 
 # --------------------------------------------------------------------------- zoos
