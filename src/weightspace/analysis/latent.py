@@ -361,6 +361,19 @@ def fig_latent_map(m: Mapping[str, Any], kind: str = "pca", seed: int = 0) -> tu
     }
     if kind == "pca":
         data["variance_ratio"] = m["pca_variance_ratio"]
+        # The numbers the section's text quotes.
+        data["measures"] = {
+            k: m[k]
+            for k in (
+                "epochs",
+                "spearman",
+                "spearman_last_epoch",
+                "eta2",
+                "eta2_init_latent",
+                "moved_median",
+                "spread_median",
+            )
+        }
     return fig, data
 
 
