@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from weightspace.errors import ConfigError
+from weightspace.fastmlp import AutogradBackprop, FlatLayout, HandBackprop, hand_supported
 from weightspace.init import init_population
 from weightspace.mlp import MLPSpec, effective_params, forward
 from weightspace.population import STATIC_KEYS
@@ -37,6 +38,7 @@ from weightspace.tasks import Task
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 EVAL_BUDGET = 1 << 22  # activation entries per evaluation forward
+CHUNK = 128  # members per block of a training step (their working set stays in cache)
 
 
 # --------------------------------------------------------------------------- data order
@@ -98,70 +100,79 @@ def flush_denormals() -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------- optimizers
-class _PopulationOptimizer:
-    """SGD or Adam over stacked parameters with per-member lr / momentum / weight decay.
+class _FlatOptimizer:
+    """SGD or Adam over a :class:`FlatLayout` buffer, per-member lr / momentum / decay.
 
-    The step is memory-bound, so it makes few passes over the parameters and allocates
-    nothing: the new parameters are written into a spare buffer that then trades places with
-    the old ones, which stay at hand for members that just diverged.
+    The update rules are ``torch.optim.SGD`` (momentum, L2 decay added to the gradient) and
+    ``torch.optim.Adam``. The step is memory-bound, so it makes few passes over the
+    contiguous segments of a block of members and allocates nothing: the new parameters go
+    to another buffer, so the old ones stay at hand for members that just diverged.
+
+    When all members share SGD's momentum (``fused``), the gradient is accumulated straight
+    into the momentum buffer by the backward's products (``beta = momentum``), which saves
+    writing the gradient and a pass over it: :attr:`grad_target` is where gradients go.
     """
 
-    def __init__(self, name: str, params: dict[str, Tensor], members: pd.DataFrame, device):
-        def col(k: str) -> Tensor:
+    def __init__(self, name: str, members: pd.DataFrame, layout: FlatLayout, device):
+        def col(k: str) -> Tensor:  # (M,)
             return torch.tensor(members[k].to_numpy(), dtype=torch.float32, device=device)
 
-        self.name = name
-        self.lr, self.wd, self.momentum = col("lr"), col("weight_decay"), col("momentum")
-        self.decay = bool((self.wd != 0).any())  # skip a full pass when nobody decays
+        self.name, self.blocks = name, layout.blocks
+        lr, wd, momentum = col("lr"), col("weight_decay"), col("momentum")
+        self.decay = bool((wd != 0).any())  # skip a pass when nobody decays
+        # Per block: (c,) views, reshaped to broadcast over each segment.
+        self.neg_lr = [-lr[r] for r in self.blocks]
+        self.wd = [wd[r] for r in self.blocks]
+        self.momentum = [momentum[r] for r in self.blocks]
+        self._lr = lr
         n_state = 1 if name == "sgd" else 2
-        self.state = {k: [torch.zeros_like(p) for _ in range(n_state)] for k, p in params.items()}
-        self.spare = {k: torch.empty_like(p) for k, p in params.items()}
+        self.state = [layout.new(device) for _ in range(n_state)]
+        self.state_segments = [
+            [list(layout.segments(s, j).values()) for s in self.state]
+            for j in range(len(self.blocks))
+        ]
+        uniform = name == "sgd" and members["momentum"].nunique() == 1
+        self.fused = uniform
+        self.beta = float(members["momentum"].iloc[0]) if uniform else 0.0
+        self.grad_target = self.state[0] if uniform else layout.new(device)
         self.t = 0
 
-    @staticmethod
-    def _b(x: Tensor, like: Tensor) -> Tensor:
-        """Per-member (M,) values broadcast against a stacked parameter (M, ...)."""
-        return x.view(-1, *([1] * (like.dim() - 1)))
+    def begin_step(self) -> None:
+        """Start a step of the whole population (Adam's bias corrections count steps)."""
+        self.t += 1
+        if self.name == "adam":
+            self._scale = -self._lr / (1 - ADAM_BETAS[0] ** self.t)
+            self._bc2_sqrt = math.sqrt(1 - ADAM_BETAS[1] ** self.t)
 
     @torch.no_grad()
-    def step(self, params: dict[str, Tensor], grads: dict[str, Tensor], active: Tensor) -> Tensor:
-        """Update the members in ``active``; returns which of them stayed finite.
+    def update(self, block: int, p: list[Tensor], g: list[Tensor], new: list[Tensor]) -> None:
+        """new = p after one step, for the members of ``block``.
 
-        ``params`` is rebound to the new tensors. A member whose new parameters are not all
-        finite keeps its previous ones.
+        p, g, new: that block's segments, each (c, ...); ``g`` holds the gradient (fused:
+        already the new momentum buffer) and is used as scratch.
         """
-        self.t += 1
-        finite = active.clone()
-        old: dict[str, Tensor] = {}
-        for k, p in params.items():
-            p = p.detach()
-            g = grads[k]
+        state = self.state_segments[block]
+        lr, wd, mom = self.neg_lr[block], self.wd[block], self.momentum[block]
+        for i, (pk, gk, nk) in enumerate(zip(p, g, new)):
+            sh = (-1,) + (1,) * (pk.dim() - 1)  # per-member values broadcast over a segment
             if self.decay:
-                g.addcmul_(p, self._b(self.wd, p))  # L2 decay added to the gradient, as torch.optim
-            new = self.spare[k]
-            if self.name == "sgd":
-                (buf,) = self.state[k]
-                torch.addcmul(g, buf, self._b(self.momentum, p), out=buf)  # buf = mom*buf + g
-                torch.addcmul(p, buf, self._b(-self.lr, p), out=new)
+                gk.addcmul_(pk, wd.view(sh))  # L2 decay added to the gradient, as torch.optim
+            if self.fused:  # gk is the momentum buffer, already mom * buf + gradient
+                torch.addcmul(pk, gk, lr.view(sh), out=nk)
+            elif self.name == "sgd":
+                buf = state[0][i]
+                torch.addcmul(gk, buf, mom.view(sh), out=buf)  # buf = mom * buf + g
+                torch.addcmul(pk, buf, lr.view(sh), out=nk)
             else:
-                m, v = self.state[k]
+                m, v = state[0][i], state[1][i]
                 b1, b2 = ADAM_BETAS
-                m.lerp_(g, 1 - b1)
-                v.mul_(b2).addcmul_(g, g, value=1 - b2)
-                bc1, bc2 = 1 - b1**self.t, 1 - b2**self.t
+                m.lerp_(gk, 1 - b1)
+                v.mul_(b2).addcmul_(gk, gk, value=1 - b2)
                 # m / (sqrt(v / bc2) + eps), computed in g's buffer (g is not needed any more)
-                ratio = torch.sqrt(v, out=g).div_(math.sqrt(bc2)).add_(ADAM_EPS)
+                ratio = torch.sqrt(v, out=gk).div_(self._bc2_sqrt).add_(ADAM_EPS)
                 torch.div(m, ratio, out=ratio)
-                torch.addcmul(p, ratio, self._b(-self.lr / bc1, p), out=new)
-            # A member's sum is finite iff all its entries are (or it overflows: diverged too).
-            finite &= torch.isfinite(new.flatten(1).sum(1))
-            old[k] = p
-        if not bool(finite.all()):
-            for k, p in old.items():
-                self.spare[k].copy_(torch.where(self._b(finite, p), self.spare[k], p))
-        for k, p in old.items():
-            params[k], self.spare[k] = self.spare[k].requires_grad_(True), p
-        return finite
+                scale = self._scale[self.blocks[block]]
+                torch.addcmul(pk, ratio, scale.view(sh), out=nk)
 
 
 # --------------------------------------------------------------------------- population
@@ -214,6 +225,13 @@ def evaluate(
     return (loss_sum / n).float(), acc.float()
 
 
+def _chunks(n: int, size: int) -> list[slice]:
+    """``n`` members in nearly equal consecutive blocks of at most ``size``."""
+    k = max(1, -(-n // max(1, size)))
+    bounds = [n * i // k for i in range(k + 1)]
+    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
 def train_population(
     task: Task,
     spec: MLPSpec,
@@ -221,22 +239,45 @@ def train_population(
     checkpoints: list[int] | None = None,
     device: str | torch.device = "cpu",
     on_epoch: Callable[[int], None] | None = None,
+    *,
+    backprop: str = "auto",
+    chunk: int = CHUNK,
 ) -> PopulationResult:
     """Train the members (rows of a population table sharing the static keys) together.
 
     ``spec.activation`` is replaced by the members' own. ``on_epoch(e)`` is called after each
-    epoch, for progress bars.
+    epoch, for progress bars. ``backprop``: ``"hand"`` (the written-out backward of
+    :mod:`weightspace.fastmlp`), ``"autograd"``, or ``"auto"`` (hand where it applies).
+    Each step runs ``chunk`` members at a time, so that their parameters, gradients,
+    optimizer state and activations stay in cache.
     """
     static = _static(members)
     spec = MLPSpec(spec.widths, static["activation"], spec.bias, spec.weight_norm)
     device = torch.device(device)
     n_members, epochs, bs = len(members), int(static["epochs"]), int(static["batch_size"])
     keep = checkpoint_epochs(checkpoints, epochs)
+    if backprop not in ("auto", "hand", "autograd"):
+        raise ValueError(f"backprop: 'auto', 'hand' or 'autograd', got {backprop!r}")
+    hand = hand_supported(spec) if backprop == "auto" else backprop == "hand"
 
-    params = {k: v.to(device) for k, v in init_population(spec, members).items()}
-    opt = _PopulationOptimizer(static["optimizer"], params, members, device)
+    blocks = _chunks(n_members, chunk)
+    layout = FlatLayout(spec, blocks, fold=hand)
+    grad_fn = (HandBackprop if hand else AutogradBackprop)(spec, layout, task.is_classification)
+    # Two parameter buffers: a step reads one and writes the other.
+    init = {k: v.to(device) for k, v in init_population(spec, members).items()}
+    theta = [layout.pack(init, layout.new(device)), layout.new(device)]
+    opt = _FlatOptimizer(static["optimizer"], members, layout, device)
+    # The views every block computes with, made once: segments [buffer][block], and as the
+    # products take them.
+    nb = range(len(blocks))
+    segs = [[list(layout.segments(t, j).values()) for j in nb] for t in theta]
+    views = [[grad_fn.layers(layout.segments(t, j)) for j in nb] for t in theta]
+    grad_segs = [list(layout.segments(opt.grad_target, j).values()) for j in nb]
+    grad_views = [grad_fn.layers(layout.segments(opt.grad_target, j)) for j in nb]
+    col_sums = torch.empty(max(r.stop - r.start for r in blocks), len(layout.shapes), device=device)
 
     x_train, y_train = task.x_train.to(device), task.y_train.to(device)
+    x_rows = grad_fn.inputs(x_train)  # what a batch gathers: (N, in (+ 1))
     x_test, y_test = task.x_test.to(device), task.y_test.to(device)
     n_train = len(x_train)
     data_seeds = members["data_seed"].to_numpy()
@@ -250,13 +291,16 @@ def train_population(
         raise ConfigError("zoo.hparams.label_noise: only classification tasks have labels")
     # One data stream for everybody when the members see the same examples in the same order.
     shared = len(set(data_seeds)) == 1 and not (noise > 0).any()
+    x_bufs: dict[tuple[int, int], Tensor] = {}  # (chunk, batch) -> gathered inputs
 
     active = torch.ones(n_members, dtype=torch.bool, device=device)
     diverged_epoch = np.full(n_members, -1, dtype=np.int64)
     snapshots: list[dict[str, Tensor]] = []
     rows: list[pd.DataFrame] = []
+    cur = 0  # which parameter buffer holds the current parameters
 
     def checkpoint(epoch: int) -> None:
+        params = layout.unpack(theta[cur])
         eff = effective_params(params, spec)
         snapshots.append(
             {
@@ -281,34 +325,54 @@ def train_population(
         )
 
     checkpoint(0)
-    for p in params.values():
-        p.requires_grad_(True)
-    names = list(params)
-    with flush_denormals():
+    with flush_denormals(), torch.no_grad():
         for epoch in range(1, epochs + 1):
             order = torch.from_numpy(
                 np.stack([member_epoch_order(s, n_train, subset, epoch) for s in data_seeds])
             ).to(device)  # (M, n_seen)
             for start in range(0, order.shape[1], bs):
-                idx = order[:, start : start + bs]  # (M, B)
-                if shared:  # (B, in): one big matrix product in the first layer
-                    xb = x_train.index_select(0, idx[0])
-                    yb = labels[0, idx[0]] if task.is_classification else y_train[idx[0]]
+                idx = order[:, start : start + bs].contiguous()  # (M, B)
+                b = idx.shape[1]
+                if shared:  # one batch for all: (B, in), expanded per chunk
+                    xs = x_rows.index_select(0, idx[0])
+                    if task.is_classification:
+                        target = labels[0, idx[0]].view(1, 1, b).expand(n_members, 1, b)
+                    else:
+                        target = y_train[idx[0]].T.unsqueeze(0).expand(n_members, -1, -1)
+                elif task.is_classification:
+                    target = labels.gather(1, idx).unsqueeze(1)  # (M, 1, B)
                 else:
-                    xb = x_train.index_select(0, idx.reshape(-1)).view(*idx.shape, -1)
-                    yb = labels.gather(1, idx) if task.is_classification else y_train[idx]
-                with torch.enable_grad():
-                    loss = per_example_loss(forward(params, xb, spec), yb, task).mean(1)  # (M,)
-                    ok = active & torch.isfinite(loss)
-                    # Diverged members add nothing to the loss; their gradients are zeroed.
-                    total = torch.where(ok, loss, torch.zeros_like(loss)).sum()
-                    grads = dict(zip(names, torch.autograd.grad(total, [params[k] for k in names])))
-                if not bool(ok.all()):
-                    grads = {k: torch.where(opt._b(ok, g), g, 0.0) for k, g in grads.items()}
-                still = opt.step(params, grads, ok)
-                newly = (active & ~still).cpu().numpy()
-                diverged_epoch[newly & (diverged_epoch < 0)] = epoch
-                active &= still
+                    target = y_train[idx].transpose(1, 2)  # (M, out, B)
+                opt.begin_step()
+                new = 1 - cur
+                for i, r in enumerate(blocks):
+                    c = r.stop - r.start
+                    if shared:
+                        xb = xs.expand(c, b, -1) if hand else xs
+                    else:
+                        buf = x_bufs.get((c, b))
+                        if buf is None:
+                            buf = x_bufs[(c, b)] = x_rows.new_empty(c * b, x_rows.shape[1])
+                        xb = torch.index_select(x_rows, 0, idx[r].view(-1), out=buf)
+                        xb = xb.view(c, b, -1)  # (c, B, in)
+                    loss = grad_fn(views[cur][i], grad_views[i], xb, target[r], opt.beta)
+                    p, p_new = segs[cur][i], segs[new][i]
+                    opt.update(i, p, grad_segs[i], p_new)
+                    # A member's sum is finite iff all its entries are (or it overflows:
+                    # diverged too). Frozen members stay inactive.
+                    sums = col_sums[:c]
+                    for k, seg in enumerate(p_new):
+                        torch.sum(seg.view(c, -1), 1, out=sums[:, k])
+                    finite = active[r] & torch.isfinite(loss) & torch.isfinite(sums).all(1)
+                    if not bool(finite.all()):
+                        bad = ~finite
+                        for pk, nk in zip(p, p_new):  # diverged and frozen members keep theirs
+                            nk[bad] = pk[bad]
+                        newly = (active[r] & bad).cpu().numpy()
+                        d = diverged_epoch[r]
+                        d[newly & (d < 0)] = epoch
+                        active[r] &= finite
+                cur = new
             if epoch in keep:
                 checkpoint(epoch)
             if on_epoch is not None:
