@@ -17,8 +17,7 @@ $(BIN)/.installed: pyproject.toml
 demo: $(BIN)/.installed  ## the main job end to end on the embedded default data (~4 min on 2 cores)
 	$(BIN)/python scripts/generate_zoo.py experiment=demo
 	$(BIN)/python scripts/canonicalize_zoo.py parent=$(CURDIR)/zoos/digits-demo transform.kind=merge_many
-	$(BIN)/python scripts/train_autoencoder.py zoo=digits-demo canon=align \
-	    model.functional_weight=1 trainer.max_epochs=30 trainer.enable_progress_bar=false
+	$(BIN)/python scripts/train_autoencoder.py experiment=demo trainer.enable_progress_bar=false
 
 test: $(BIN)/.installed  ## the whole test suite (slow tests included)
 	$(BIN)/python -m pytest -q

@@ -301,6 +301,13 @@ def test_align_reads_the_merge_many_zoo(zoo_copy, tmp_path):
     record = json.loads((Path(metrics["run_dir"]) / "run.json").read_text())
     assert record["zoo"] == f"{zoo_copy}-merge_many"
 
+    # The main job's preset (make demo) on the same derived zoo: every loss it turns on runs.
+    demo = ae_cfg(tmp_path / "demo", zoo_copy, "experiment=demo", "trainer.fast_dev_run=true")
+    assert demo.canon.name == "align" and demo.model.stats_weight > 0
+    metrics = train(demo)
+    for key in ("train/recon", "train/functional", "train/stats", "val/agreement"):
+        assert key in metrics and torch.isfinite(torch.tensor(metrics[key])), key
+
 
 def test_missing_zoo_is_one_line_error_naming_the_option(tmp_path):
     with pytest.raises(ConfigError, match=r"^zoo: required"):
