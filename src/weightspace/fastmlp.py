@@ -167,9 +167,10 @@ class HandBackprop:
         self.act = spec.activation
         self._bufs: dict[tuple[int, int], _Buffers] = {}
 
-    def inputs(self, x: Tensor) -> Tensor:
+    @staticmethod
+    def inputs(spec: MLPSpec, x: Tensor) -> Tensor:
         """The data matrix the members gather their batches from: (N, in (+ 1 ones))."""
-        return with_ones(x) if self.spec.bias else x
+        return with_ones(x) if spec.bias else x
 
     def layers(self, segments: Mapping[str, Tensor]) -> list[tuple[Tensor, Tensor | None]]:
         """(weight, bias) per layer of a block, as the products take them.
@@ -284,6 +285,67 @@ class HandBackprop:
         return loss
 
 
+# --------------------------------------------------------------------------- evaluation
+def activation_(name: str, a: Tensor, out: Tensor | None = None) -> Tensor:
+    """The activation of ``a``, in place (into ``out`` if given; gelu needs one)."""
+    out = a if out is None else out
+    if name == "relu":
+        return torch.clamp_min(a, 0.0, out=out)
+    if name == "tanh":
+        return torch.tanh(a, out=out)
+    if name == "sigmoid":
+        return torch.sigmoid(a, out=out)
+    if name == "gelu":
+        return torch._C._nn.gelu(a, out=out)
+    if name == "leaky_relu":
+        return torch._C._nn.leaky_relu(a, LEAKY_SLOPE, out=out)
+    return out.copy_(a) if out is not a else a  # identity
+
+
+def forward_classes_first(
+    params: Mapping[str, Tensor],
+    x: Tensor,
+    spec: MLPSpec,
+    buffers: dict[tuple[int, int], Tensor] | None = None,
+) -> Tensor:
+    """:func:`weightspace.mlp.forward` of effective parameters, output as (M, out, B).
+
+    x: (B, in) shared by all members. Every product is a batched one per member (a shared
+    input is an expanded view), so no intermediate is a transposed view of another: an
+    elementwise pass over a transposed view is many times slower than over memory order.
+    ``buffers`` (a dict kept by the caller) holds the intermediates across calls; fresh
+    large tensors are page-faulted in at every call. The result lives in it too.
+    """
+    m, n = params["layers.0.weight"].shape[0], x.shape[0]
+    buffers = {} if buffers is None else buffers
+
+    def buf(l: int, *shape: int) -> Tensor:
+        t = buffers.get((l, n))
+        if t is None:
+            t = buffers[(l, n)] = x.new_empty(m, *shape)
+        return t
+
+    h = x.expand(m, *x.shape)  # (M, B, in)
+    last = spec.n_layers - 1
+    for l in range(spec.n_layers):
+        w, b = params[f"layers.{l}.weight"], params.get(f"layers.{l}.bias")
+        if l < last:
+            a = buf(l, n, w.shape[1])
+            if b is None:
+                torch.bmm(h, w.mT, out=a)
+            else:
+                torch.baddbmm(b.unsqueeze(1), h, w.mT, out=a)
+            gelu = spec.activation == "gelu"
+            h = activation_(spec.activation, a, buf(-1 - l, n, w.shape[1]) if gelu else None)
+        else:
+            z = buf(l, w.shape[1], n)
+            if b is None:
+                h = torch.bmm(w, h.mT, out=z)
+            else:
+                h = torch.baddbmm(b.unsqueeze(2), w, h.mT, out=z)
+    return h
+
+
 # --------------------------------------------------------------------------- autograd
 class AutogradBackprop:
     """The same interface as :class:`HandBackprop`, by autograd through ``mlp.forward``.
@@ -296,7 +358,8 @@ class AutogradBackprop:
             raise ValueError("AutogradBackprop needs an unfolded layout")
         self.spec, self.layout, self.classification = spec, layout, classification
 
-    def inputs(self, x: Tensor) -> Tensor:
+    @staticmethod
+    def inputs(spec: MLPSpec, x: Tensor) -> Tensor:
         return x
 
     def layers(self, segments: Mapping[str, Tensor]) -> dict[str, Tensor]:

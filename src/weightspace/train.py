@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -29,16 +30,22 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from weightspace.errors import ConfigError
-from weightspace.fastmlp import AutogradBackprop, FlatLayout, HandBackprop, hand_supported
+from weightspace.fastmlp import (
+    AutogradBackprop,
+    FlatLayout,
+    HandBackprop,
+    forward_classes_first,
+    hand_supported,
+)
 from weightspace.init import init_population
-from weightspace.mlp import MLPSpec, effective_params, forward
+from weightspace.mlp import MLPSpec, effective_params
 from weightspace.population import STATIC_KEYS
 from weightspace.tasks import Task
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 EVAL_BUDGET = 1 << 22  # activation entries per evaluation forward
-CHUNK = 128  # members per block of a training step (their working set stays in cache)
+CHUNK = 1024  # members per block (larger blocks mean fewer, larger operations)
 
 
 # --------------------------------------------------------------------------- data order
@@ -124,35 +131,30 @@ class _FlatOptimizer:
         self.neg_lr = [-lr[r] for r in self.blocks]
         self.wd = [wd[r] for r in self.blocks]
         self.momentum = [momentum[r] for r in self.blocks]
-        self._lr = lr
         n_state = 1 if name == "sgd" else 2
         self.state = [layout.new(device) for _ in range(n_state)]
         self.state_segments = [
             [list(layout.segments(s, j).values()) for s in self.state]
             for j in range(len(self.blocks))
         ]
-        uniform = name == "sgd" and members["momentum"].nunique() == 1
-        self.fused = uniform
-        self.beta = float(members["momentum"].iloc[0]) if uniform else 0.0
-        self.grad_target = self.state[0] if uniform else layout.new(device)
-        self.t = 0
-
-    def begin_step(self) -> None:
-        """Start a step of the whole population (Adam's bias corrections count steps)."""
-        self.t += 1
-        if self.name == "adam":
-            self._scale = -self._lr / (1 - ADAM_BETAS[0] ** self.t)
-            self._bc2_sqrt = math.sqrt(1 - ADAM_BETAS[1] ** self.t)
+        self.fused = name == "sgd" and members["momentum"].nunique() == 1
+        self.beta = float(members["momentum"].iloc[0]) if self.fused else 0.0
+        self.grad_target = self.state[0] if self.fused else layout.new(device)
 
     @torch.no_grad()
-    def update(self, block: int, p: list[Tensor], g: list[Tensor], new: list[Tensor]) -> None:
-        """new = p after one step, for the members of ``block``.
+    def update(
+        self, block: int, t: int, p: list[Tensor], g: list[Tensor], new: list[Tensor]
+    ) -> None:
+        """new = p after step ``t`` (1-based), for the members of ``block``.
 
         p, g, new: that block's segments, each (c, ...); ``g`` holds the gradient (fused:
         already the new momentum buffer) and is used as scratch.
         """
         state = self.state_segments[block]
         lr, wd, mom = self.neg_lr[block], self.wd[block], self.momentum[block]
+        if self.name == "adam":
+            b1, b2 = ADAM_BETAS
+            scale, bc2_sqrt = lr / (1 - b1**t), math.sqrt(1 - b2**t)
         for i, (pk, gk, nk) in enumerate(zip(p, g, new)):
             sh = (-1,) + (1,) * (pk.dim() - 1)  # per-member values broadcast over a segment
             if self.decay:
@@ -165,13 +167,11 @@ class _FlatOptimizer:
                 torch.addcmul(pk, buf, lr.view(sh), out=nk)
             else:
                 m, v = state[0][i], state[1][i]
-                b1, b2 = ADAM_BETAS
                 m.lerp_(gk, 1 - b1)
                 v.mul_(b2).addcmul_(gk, gk, value=1 - b2)
                 # m / (sqrt(v / bc2) + eps), computed in g's buffer (g is not needed any more)
-                ratio = torch.sqrt(v, out=gk).div_(self._bc2_sqrt).add_(ADAM_EPS)
+                ratio = torch.sqrt(v, out=gk).div_(bc2_sqrt).add_(ADAM_EPS)
                 torch.div(m, ratio, out=ratio)
-                scale = self._scale[self.blocks[block]]
                 torch.addcmul(pk, ratio, scale.view(sh), out=nk)
 
 
@@ -208,18 +208,30 @@ def _static(members: pd.DataFrame) -> dict:
 def evaluate(
     params: dict[str, Tensor], spec: MLPSpec, x: Tensor, y: Tensor, task: Task
 ) -> tuple[Tensor, Tensor]:
-    """Mean loss and accuracy (NaN for regression) of every member on (x, y): two (M,)."""
+    """Mean loss and accuracy (NaN for regression) of every member on (x, y): two (M,).
+
+    params: effective (``weight`` / ``bias``) stacked tensors. The numbers of
+    :func:`weightspace.mlp.forward` and :func:`per_example_loss`, computed chunk by chunk of
+    examples with the output's classes on a strided axis (see
+    :func:`weightspace.fastmlp.forward_classes_first`).
+    """
     m = next(iter(params.values())).shape[0]
     # Keep the widest activation (M, chunk, width) near 16 MB: large intermediates are slow.
-    chunk = max(1, EVAL_BUDGET // (m * max(spec.widths[1:])))
+    chunk = max(1, min(len(x), EVAL_BUDGET // (m * max(spec.widths[1:]))))
     loss_sum = torch.zeros(m, dtype=torch.float64, device=x.device)
     correct = torch.zeros(m, dtype=torch.float64, device=x.device)
+    buffers: dict = {}
     for s in range(0, len(x), chunk):
         xb, yb = x[s : s + chunk], y[s : s + chunk]
-        out = forward(params, xb, spec)
-        loss_sum += per_example_loss(out, yb, task).double().sum(1)
+        z = forward_classes_first(params, xb, spec, buffers)  # (M, out, n)
+        n = xb.shape[0]
         if task.is_classification:
-            correct += (out.argmax(-1) == yb).double().sum(1)
+            lsm = torch.log_softmax(z, 1)
+            loss_sum -= lsm.gather(1, yb.view(1, 1, n).expand(m, 1, n)).double().sum((1, 2))
+            # max's indices are argmax's (the first maximum; NaN counts as the maximum)
+            correct += (z.max(1).indices == yb).double().sum(1)
+        else:
+            loss_sum += (z - yb.T).square().mean(1).double().sum(1)
     n = len(x)
     acc = correct / n if task.is_classification else torch.full_like(correct, float("nan"))
     return (loss_sum / n).float(), acc.float()
@@ -232,6 +244,84 @@ def _chunks(n: int, size: int) -> list[slice]:
     return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
+@dataclass
+class _Data:
+    """What every block reads: the task's training data as the members see it."""
+
+    x_rows: Tensor  # (N, in (+ 1)): the rows a batch gathers (with the bias's ones column)
+    y: Tensor  # (N,) class indices or (N, out) regression targets
+    labels: Tensor | None  # (M, N) per-member labels (label noise), or None: y for all
+    classification: bool
+    shared: bool  # all members see the same examples in the same order
+    batch_size: int
+
+
+class _BlockTrainer:
+    """Trains one block of members, epoch by epoch, with buffers of its own.
+
+    Blocks are independent (no member's computation involves another's), so several run
+    at once on different threads; their results do not depend on how members are blocked.
+    """
+
+    def __init__(self, j, layout, grad_fn, theta, opt, active, diverged_epoch, data):
+        self.j, self.r = j, layout.blocks[j]
+        self.c = self.r.stop - self.r.start
+        self.grad_fn, self.opt, self.data = grad_fn, opt, data
+        self.active, self.diverged_epoch = active[self.r], diverged_epoch[self.r]  # views
+        # Segments per parameter buffer, raw and as the products take them.
+        self.segs = [list(layout.segments(t, j).values()) for t in theta]
+        self.views = [grad_fn.layers(layout.segments(t, j)) for t in theta]
+        g = layout.segments(opt.grad_target, j)
+        self.grad_segs, self.grad_views = list(g.values()), grad_fn.layers(g)
+        self.sums = torch.empty(self.c, len(self.segs[0]), device=active.device)
+        self.x_bufs: dict[int, Tensor] = {}
+
+    def _batch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
+        """Inputs (c, B, in (+ 1)) and targets of a batch; idx: (c, B) example indices."""
+        d, c, b = self.data, self.c, idx.shape[1]
+        if d.shared:  # one batch for all: gathered once, expanded
+            xb = d.x_rows.index_select(0, idx[0])
+            xb = xb.expand(c, b, -1) if isinstance(self.grad_fn, HandBackprop) else xb
+            if d.classification:
+                return xb, d.y[idx[0]].view(1, 1, b).expand(c, 1, b)
+            return xb, d.y[idx[0]].T.unsqueeze(0).expand(c, -1, -1)
+        buf = self.x_bufs.get(b)
+        if buf is None:
+            buf = self.x_bufs[b] = d.x_rows.new_empty(c * b, d.x_rows.shape[1])
+        xb = torch.index_select(d.x_rows, 0, idx.view(-1), out=buf).view(c, b, -1)
+        if not d.classification:
+            return xb, d.y[idx].transpose(1, 2)  # (c, out, B)
+        if d.labels is None:
+            return xb, d.y[idx].unsqueeze(1)  # (c, 1, B)
+        return xb, d.labels[self.r].gather(1, idx).unsqueeze(1)
+
+    @torch.no_grad()
+    def epoch(self, epoch: int, order: Tensor, t: int) -> None:
+        """Train one epoch in ``order`` (c, n_seen); ``t`` steps were taken before."""
+        bs, c = self.data.batch_size, self.c
+        cur = t % 2  # parameter buffer holding the current parameters
+        for start in range(0, order.shape[1], bs):
+            t += 1
+            xb, target = self._batch(order[:, start : start + bs].contiguous())
+            new = 1 - cur
+            loss = self.grad_fn(self.views[cur], self.grad_views, xb, target, self.opt.beta)
+            p, p_new = self.segs[cur], self.segs[new]
+            self.opt.update(self.j, t, p, self.grad_segs, p_new)
+            # A member's sum is finite iff all its entries are (or it overflows: diverged
+            # too). Members that diverged before stay inactive.
+            for k, seg in enumerate(p_new):
+                torch.sum(seg.view(c, -1), 1, out=self.sums[:, k])
+            finite = self.active & torch.isfinite(loss) & torch.isfinite(self.sums).all(1)
+            if not bool(finite.all()):
+                bad = ~finite
+                for pk, nk in zip(p, p_new):  # the diverged keep their last parameters
+                    nk[bad] = pk[bad]
+                newly = (self.active & bad).cpu().numpy()
+                self.diverged_epoch[newly & (self.diverged_epoch < 0)] = epoch
+                self.active &= finite
+            cur = new
+
+
 def train_population(
     task: Task,
     spec: MLPSpec,
@@ -242,14 +332,18 @@ def train_population(
     *,
     backprop: str = "auto",
     chunk: int = CHUNK,
+    threads: int | None = None,
 ) -> PopulationResult:
     """Train the members (rows of a population table sharing the static keys) together.
 
     ``spec.activation`` is replaced by the members' own. ``on_epoch(e)`` is called after each
     epoch, for progress bars. ``backprop``: ``"hand"`` (the written-out backward of
     :mod:`weightspace.fastmlp`), ``"autograd"``, or ``"auto"`` (hand where it applies).
-    Each step runs ``chunk`` members at a time, so that their parameters, gradients,
-    optimizer state and activations stay in cache.
+
+    Members train in blocks of at most ``chunk``, ``threads`` blocks at once (default:
+    ``torch.get_num_threads()``), each block on one thread: independent blocks need no
+    synchronization, where intra-op threads synchronize at every operation (and spin-wait
+    for a busy core). Results do not depend on ``chunk`` or ``threads``.
     """
     static = _static(members)
     spec = MLPSpec(spec.widths, static["activation"], spec.bias, spec.weight_norm)
@@ -259,47 +353,61 @@ def train_population(
     if backprop not in ("auto", "hand", "autograd"):
         raise ValueError(f"backprop: 'auto', 'hand' or 'autograd', got {backprop!r}")
     hand = hand_supported(spec) if backprop == "auto" else backprop == "hand"
+    n_threads = max(1, min(threads or torch.get_num_threads(), n_members))
+    if device.type != "cpu":
+        n_threads = 1  # a GPU stream is parallel already
 
-    blocks = _chunks(n_members, chunk)
+    blocks = _chunks(n_members, min(chunk, -(-n_members // n_threads)))
     layout = FlatLayout(spec, blocks, fold=hand)
-    grad_fn = (HandBackprop if hand else AutogradBackprop)(spec, layout, task.is_classification)
+    make_grad_fn = HandBackprop if hand else AutogradBackprop
     # Two parameter buffers: a step reads one and writes the other.
     init = {k: v.to(device) for k, v in init_population(spec, members).items()}
     theta = [layout.pack(init, layout.new(device)), layout.new(device)]
     opt = _FlatOptimizer(static["optimizer"], members, layout, device)
-    # The views every block computes with, made once: segments [buffer][block], and as the
-    # products take them.
-    nb = range(len(blocks))
-    segs = [[list(layout.segments(t, j).values()) for j in nb] for t in theta]
-    views = [[grad_fn.layers(layout.segments(t, j)) for j in nb] for t in theta]
-    grad_segs = [list(layout.segments(opt.grad_target, j).values()) for j in nb]
-    grad_views = [grad_fn.layers(layout.segments(opt.grad_target, j)) for j in nb]
-    col_sums = torch.empty(max(r.stop - r.start for r in blocks), len(layout.shapes), device=device)
 
     x_train, y_train = task.x_train.to(device), task.y_train.to(device)
-    x_rows = grad_fn.inputs(x_train)  # what a batch gathers: (N, in (+ 1))
     x_test, y_test = task.x_test.to(device), task.y_test.to(device)
     n_train = len(x_train)
     data_seeds = members["data_seed"].to_numpy()
     subset = float(static["subset"])
     noise = members["label_noise"].to_numpy()
-    if task.is_classification:
+    labels = None
+    if task.is_classification and (noise > 0).any():
         labels = torch.stack(
             [member_labels(s, task.y_train, task.n_classes, f) for s, f in zip(data_seeds, noise)]
         ).to(device)  # (M, N)
     elif (noise > 0).any():
         raise ConfigError("zoo.hparams.label_noise: only classification tasks have labels")
-    # One data stream for everybody when the members see the same examples in the same order.
-    shared = len(set(data_seeds)) == 1 and not (noise > 0).any()
-    x_bufs: dict[tuple[int, int], Tensor] = {}  # (chunk, batch) -> gathered inputs
+    data = _Data(
+        make_grad_fn.inputs(spec, x_train),
+        y_train,
+        labels,
+        task.is_classification,
+        # One data stream for everybody when the members see the same examples in the same
+        # order: the first layer gathers one batch for all.
+        shared=len(set(data_seeds)) == 1 and labels is None,
+        batch_size=bs,
+    )
 
     active = torch.ones(n_members, dtype=torch.bool, device=device)
     diverged_epoch = np.full(n_members, -1, dtype=np.int64)
+    trainers = [
+        _BlockTrainer(
+            j,
+            layout,
+            make_grad_fn(spec, layout, task.is_classification),
+            theta,
+            opt,
+            active,
+            diverged_epoch,
+            data,
+        )
+        for j in range(len(blocks))
+    ]
     snapshots: list[dict[str, Tensor]] = []
     rows: list[pd.DataFrame] = []
-    cur = 0  # which parameter buffer holds the current parameters
 
-    def checkpoint(epoch: int) -> None:
+    def checkpoint(epoch: int, cur: int) -> None:
         params = layout.unpack(theta[cur])
         eff = effective_params(params, spec)
         snapshots.append(
@@ -324,59 +432,42 @@ def train_population(
             )
         )
 
-    checkpoint(0)
-    with flush_denormals(), torch.no_grad():
-        for epoch in range(1, epochs + 1):
-            order = torch.from_numpy(
-                np.stack([member_epoch_order(s, n_train, subset, epoch) for s in data_seeds])
-            ).to(device)  # (M, n_seen)
-            for start in range(0, order.shape[1], bs):
-                idx = order[:, start : start + bs].contiguous()  # (M, B)
-                b = idx.shape[1]
-                if shared:  # one batch for all: (B, in), expanded per chunk
-                    xs = x_rows.index_select(0, idx[0])
-                    if task.is_classification:
-                        target = labels[0, idx[0]].view(1, 1, b).expand(n_members, 1, b)
-                    else:
-                        target = y_train[idx[0]].T.unsqueeze(0).expand(n_members, -1, -1)
-                elif task.is_classification:
-                    target = labels.gather(1, idx).unsqueeze(1)  # (M, 1, B)
+    def epoch_order(epoch: int) -> Tensor:  # (M, n_seen)
+        orders = [member_epoch_order(s, n_train, subset, epoch) for s in data_seeds]
+        return torch.from_numpy(np.stack(orders)).to(device)
+
+    checkpoint(0, 0)
+    steps_per_epoch = -(-len(member_subset(0, n_train, subset)) // bs)
+    threads_before = torch.get_num_threads()
+    # One pool runs the blocks; one more thread draws the next epoch's data order (numpy,
+    # a generator per member) while this epoch trains.
+    with (
+        flush_denormals(),
+        ThreadPoolExecutor(n_threads) as pool,
+        ThreadPoolExecutor(1) as prefetch,
+    ):
+        if n_threads > 1:
+            torch.set_num_threads(1)
+        try:
+            next_order = prefetch.submit(epoch_order, 1)
+            for epoch in range(1, epochs + 1):
+                order = next_order.result()
+                if epoch < epochs:
+                    next_order = prefetch.submit(epoch_order, epoch + 1)
+                t = (epoch - 1) * steps_per_epoch
+                if n_threads == 1:
+                    for tr in trainers:
+                        tr.epoch(epoch, order[tr.r], t)
                 else:
-                    target = y_train[idx].transpose(1, 2)  # (M, out, B)
-                opt.begin_step()
-                new = 1 - cur
-                for i, r in enumerate(blocks):
-                    c = r.stop - r.start
-                    if shared:
-                        xb = xs.expand(c, b, -1) if hand else xs
-                    else:
-                        buf = x_bufs.get((c, b))
-                        if buf is None:
-                            buf = x_bufs[(c, b)] = x_rows.new_empty(c * b, x_rows.shape[1])
-                        xb = torch.index_select(x_rows, 0, idx[r].view(-1), out=buf)
-                        xb = xb.view(c, b, -1)  # (c, B, in)
-                    loss = grad_fn(views[cur][i], grad_views[i], xb, target[r], opt.beta)
-                    p, p_new = segs[cur][i], segs[new][i]
-                    opt.update(i, p, grad_segs[i], p_new)
-                    # A member's sum is finite iff all its entries are (or it overflows:
-                    # diverged too). Frozen members stay inactive.
-                    sums = col_sums[:c]
-                    for k, seg in enumerate(p_new):
-                        torch.sum(seg.view(c, -1), 1, out=sums[:, k])
-                    finite = active[r] & torch.isfinite(loss) & torch.isfinite(sums).all(1)
-                    if not bool(finite.all()):
-                        bad = ~finite
-                        for pk, nk in zip(p, p_new):  # diverged and frozen members keep theirs
-                            nk[bad] = pk[bad]
-                        newly = (active[r] & bad).cpu().numpy()
-                        d = diverged_epoch[r]
-                        d[newly & (d < 0)] = epoch
-                        active[r] &= finite
-                cur = new
-            if epoch in keep:
-                checkpoint(epoch)
-            if on_epoch is not None:
-                on_epoch(epoch)
+                    jobs = [pool.submit(tr.epoch, epoch, order[tr.r], t) for tr in trainers]
+                    for job in jobs:
+                        job.result()
+                if epoch in keep:
+                    checkpoint(epoch, (t + steps_per_epoch) % 2)
+                if on_epoch is not None:
+                    on_epoch(epoch)
+        finally:
+            torch.set_num_threads(threads_before)
 
     weights = {k: torch.stack([s[k] for s in snapshots], dim=1) for k in snapshots[0]}
     return PopulationResult(keep, weights, pd.concat(rows, ignore_index=True), diverged_epoch)
