@@ -215,6 +215,23 @@ def test_weight_norm_population_matches_plain_pytorch(digits, optimizer):
     torch.testing.assert_close(eff["layers.0.weight"], result.weights["layers.0.weight"][:, -1])
 
 
+@pytest.mark.parametrize("activation", ["relu", "gelu", "leaky_relu", "sigmoid", "identity"])
+def test_shared_momentum_population_matches_plain_pytorch(digits, activation):
+    # One momentum for all: the backward accumulates gradients into the momentum buffer.
+    hp = {
+        "activation": activation,
+        "lr": [0.05, 0.01],
+        "momentum": 0.9,
+        "weight_decay": [0.0, 1e-2],
+        "data_order": ["per_member", "shared"],
+        "label_noise": [0.0, 0.1],
+        "bias_init": "uniform",
+        "epochs": 2,
+    }
+    members = sample_population(hp, 4, seed=7)
+    _check_against_plain_pytorch(digits, MLPSpec((64, 12, 10)), members)
+
+
 def test_regression_population_matches_plain_pytorch(sine):
     hp = {
         "lr": [0.01, 0.05],
@@ -299,8 +316,9 @@ def test_epoch_zero_is_the_initialization(digits):
 
 
 # --------------------------------------------------------------------------- divergence
-def test_diverging_member_is_frozen_and_does_not_affect_the_others(digits):
-    hp = {"lr": [0.05, 1e6, 0.02], "momentum": [0.0, 0.9], "epochs": 2}
+@pytest.mark.parametrize("momentum", [[0.0, 0.9], 0.9], ids=["per_member", "shared"])
+def test_diverging_member_is_frozen_and_does_not_affect_the_others(digits, momentum):
+    hp = {"lr": [0.05, 1e6, 0.02], "momentum": momentum, "epochs": 2}
     members = sample_population(hp, 6, seed=0)
     spec = MLPSpec((64, 16, 10))
     result = train_population(digits, spec, members, [1])
