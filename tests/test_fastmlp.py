@@ -1,5 +1,6 @@
 """The hand-written backward against autograd, the flat layout, and the trainer's paths."""
 
+import pandas as pd
 import pytest
 import torch
 
@@ -179,7 +180,9 @@ def test_results_do_not_depend_on_blocks_or_threads(digits):
     spec = MLPSpec((64, 8, 10))
     ref = train_population(digits, spec, members, [1])
     for kw in ({"chunk": 4}, {"chunk": 1}, {"threads": 2}, {"threads": 3, "chunk": 2}):
-        _same_weights(train_population(digits, spec, members, [1], **kw), ref)
+        got = train_population(digits, spec, members, [1], **kw)
+        _same_weights(got, ref)
+        pd.testing.assert_frame_equal(got.metrics, ref.metrics, check_exact=True)
 
 
 def test_unknown_backprop_is_refused(digits):

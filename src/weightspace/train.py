@@ -206,9 +206,17 @@ def _static(members: pd.DataFrame) -> dict:
 
 @torch.no_grad()
 def evaluate(
-    params: dict[str, Tensor], spec: MLPSpec, x: Tensor, y: Tensor, task: Task
+    params: dict[str, Tensor],
+    spec: MLPSpec,
+    x: Tensor,
+    y: Tensor,
+    task: Task,
+    chunk: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Mean loss and accuracy (NaN for regression) of every member on (x, y): two (M,).
+
+    ``chunk``: examples per forward (default: a budget of activation entries); a member's
+    numbers depend on it (in the last bit), not on the other members.
 
     params: effective (``weight`` / ``bias``) stacked tensors. The numbers of
     :func:`weightspace.mlp.forward` and :func:`per_example_loss`, computed chunk by chunk of
@@ -216,8 +224,9 @@ def evaluate(
     :func:`weightspace.fastmlp.forward_classes_first`).
     """
     m = next(iter(params.values())).shape[0]
-    # Keep the widest activation (M, chunk, width) near 16 MB: large intermediates are slow.
-    chunk = max(1, min(len(x), EVAL_BUDGET // (m * max(spec.widths[1:]))))
+    if chunk is None:
+        chunk = eval_chunk(m, spec)
+    chunk = max(1, min(len(x), chunk))
     loss_sum = torch.zeros(m, dtype=torch.float64, device=x.device)
     correct = torch.zeros(m, dtype=torch.float64, device=x.device)
     buffers: dict = {}
@@ -235,6 +244,14 @@ def evaluate(
     n = len(x)
     acc = correct / n if task.is_classification else torch.full_like(correct, float("nan"))
     return (loss_sum / n).float(), acc.float()
+
+
+def eval_chunk(n_members: int, spec: MLPSpec) -> int:
+    """Examples per evaluation forward: the widest activation (M, chunk, width) near 16 MB.
+
+    Large intermediates are slow.
+    """
+    return max(1, EVAL_BUDGET // (n_members * max(spec.widths[1:])))
 
 
 def _chunks(n: int, size: int) -> list[slice]:
@@ -416,17 +433,27 @@ def train_population(
                 **{k: v.detach().cpu().clone() for k, v in eff.items()},
             }
         )
-        tr_loss, tr_acc = evaluate(eff, spec, x_train, y_train, task)
-        te_loss, te_acc = evaluate(eff, spec, x_test, y_test, task)
+
+        # Members evaluated in parts, one per thread; the chunk of examples is fixed, so a
+        # member's numbers do not depend on the parts.
+        def part(r: slice) -> list[Tensor]:
+            p = {k: v[r] for k, v in eff.items()}
+            return [
+                *evaluate(p, spec, x_train, y_train, task, eval_chunk(n_members, spec)),
+                *evaluate(p, spec, x_test, y_test, task, eval_chunk(n_members, spec)),
+            ]
+
+        parts = list(pool.map(part, _chunks(n_members, -(-n_members // n_threads))))
+        tr_loss, tr_acc, te_loss, te_acc = (torch.cat(c).cpu().numpy() for c in zip(*parts))
         rows.append(
             pd.DataFrame(
                 {
                     "member_id": members["member_id"].to_numpy(),
                     "epoch": epoch,
-                    "train_loss": tr_loss.cpu().numpy(),
-                    "train_acc": tr_acc.cpu().numpy(),
-                    "test_loss": te_loss.cpu().numpy(),
-                    "test_acc": te_acc.cpu().numpy(),
+                    "train_loss": tr_loss,
+                    "train_acc": tr_acc,
+                    "test_loss": te_loss,
+                    "test_acc": te_acc,
                     "diverged": (diverged_epoch >= 0),
                 }
             )
@@ -436,11 +463,10 @@ def train_population(
         orders = [member_epoch_order(s, n_train, subset, epoch) for s in data_seeds]
         return torch.from_numpy(np.stack(orders)).to(device)
 
-    checkpoint(0, 0)
     steps_per_epoch = -(-len(member_subset(0, n_train, subset)) // bs)
     threads_before = torch.get_num_threads()
-    # One pool runs the blocks; one more thread draws the next epoch's data order (numpy,
-    # a generator per member) while this epoch trains.
+    # One pool runs the blocks (and evaluates); one more thread draws the next epoch's data
+    # order (numpy, a generator per member) while this epoch trains.
     with (
         flush_denormals(),
         ThreadPoolExecutor(n_threads) as pool,
@@ -450,6 +476,7 @@ def train_population(
             torch.set_num_threads(1)
         try:
             next_order = prefetch.submit(epoch_order, 1)
+            checkpoint(0, 0)
             for epoch in range(1, epochs + 1):
                 order = next_order.result()
                 if epoch < epochs:
