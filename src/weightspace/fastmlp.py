@@ -2,21 +2,24 @@
 
 Training a population spends its time in small batched matrix products and in passes over
 memory. Autograd adds a graph, fresh allocations for every intermediate (large ones are
-page-faulted in anew each step, which costs as much as the product itself) and extra passes
-for the biases. For the architecture we know (linear layers, an elementwise activation,
-cross-entropy or squared error) the backward is a few lines, so here it is written out:
+page-faulted in anew each step, which can cost as much as the product itself) and extra
+passes for the biases. For the architecture we know (linear layers, an elementwise
+activation, cross-entropy or squared error) the backward is a few lines, so here it is
+written out:
 
 - All trainable tensors live in one flat buffer (:class:`FlatLayout`): a block of members
-  holds one contiguous segment per layer, so batched products write gradients straight into
-  it and the optimizer step is a few passes over a few segments.
-- A layer's bias is folded into its weight matrix as one more input row fed by a constant 1
-  (an extra input column of ones), so the bias costs no broadcast copy, no separate
-  gradient reduction and no separate optimizer pass.
-- Hidden layers keep their weight as ``(in + 1, out)`` so the forward products are plain
-  ``(B, in + 1) @ (in + 1, out)``; the last layer computes its output transposed,
-  ``(out, B)``, so the softmax runs over a strided class axis (a softmax over a short
-  innermost axis of 10 classes is some 30x slower in PyTorch on CPU).
-- Every intermediate goes into a buffer allocated once (``out=``), and a gradient can be
+  holds one contiguous segment per tensor, so batched products write gradients straight
+  into it (a strided output makes PyTorch run one small product per member) and the
+  optimizer step is a few passes over a few segments.
+- The first layer's bias is folded into its weight as one more input row, fed by a column
+  of ones appended to the data (free: batches are gathered anyway): no broadcast copy, no
+  separate gradient reduction, no separate optimizer pass for it.
+- Hidden layers keep their weight as ``(in, out)``, so the forward products are plain
+  ``(B, in) @ (in, out)``; the last layer computes its output transposed, ``(out, B)``,
+  so the softmax runs over a strided class axis (over a short innermost axis of 10
+  classes PyTorch's CPU softmax is some 30x slower). Bias gradients of the other layers
+  are products with a vector of ones.
+- Every intermediate goes into a buffer allocated once (``out=``), and gradients can be
   accumulated straight into SGD's momentum buffer (``beta``).
 
 :class:`HandBackprop` covers the common case (no weight normalization, any activation of

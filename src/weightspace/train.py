@@ -2,10 +2,12 @@
 
 All members of a population share static shapes (activation, optimizer, batch size, epochs,
 subset size) and differ in everything else: seed, init, learning rate, momentum, weight
-decay, data order, label noise. Their parameters are stacked on a leading model axis and one
-step of the whole population is a handful of batched matrix products; per-member
-hyperparameters are tensors broadcast over that axis. There is no Python loop over members
-in the training step.
+decay, data order, label noise. Their parameters are stacked on a leading model axis (in one
+flat buffer, :class:`weightspace.fastmlp.FlatLayout`) and one step of a block of members is
+a handful of batched matrix products with a hand-written backward (autograd for weight
+normalization); per-member hyperparameters are tensors broadcast over that axis. There is
+no Python loop over members in the training step. Blocks are independent, so several train
+at once on worker threads.
 
 The optimizers follow ``torch.optim.SGD`` (momentum, L2 weight decay added to the gradient)
 and ``torch.optim.Adam`` update rules exactly, so a member trained here matches the same
