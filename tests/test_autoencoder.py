@@ -26,7 +26,7 @@ from weightspace.dataset import (
 from weightspace.derive import derive
 from weightspace.errors import ConfigError, ZooError
 from weightspace.mlp import MLPSpec, forward
-from weightspace.train_ae import CONFIG_DIR, CONFIG_NAME, train
+from weightspace.train_ae import CONFIG_DIR, CONFIG_NAME, summarize_evaluation, train
 
 SCRIPT = REPO / "scripts" / "train_autoencoder.py"
 
@@ -396,3 +396,9 @@ def test_training_ends_with_the_evaluation_written_to_the_run_folder(api_zoo_pat
     for name in ("probes.csv", "reconstruction.csv", "table.md", "results.json"):
         assert (folder / name).stat().st_size > 0, name
     assert "test_acc" in (folder / "table.md").read_text()
+    # What the script prints: the table, a readable reconstruction summary per epoch.
+    text = summarize_evaluation(results, Path(metrics["run_dir"]))
+    assert results["table"] in text and f"written to {folder}" in text
+    rec_lines = [line for line in text.splitlines() if line.startswith(("autoencoder", "pca"))]
+    assert len(rec_lines) == len(results["reconstruction"])
+    assert "agreement" in text and "r2/layers.0.weight" not in text  # the full table: CSV
