@@ -468,10 +468,13 @@ def train_population(
     steps_per_epoch = -(-len(member_subset(0, n_train, subset)) // bs)
     threads_before = torch.get_num_threads()
     # One pool runs the blocks (and evaluates); one more thread draws the next epoch's data
-    # order (numpy, a generator per member) while this epoch trains.
+    # order (numpy, a generator per member) while this epoch trains. The flush-to-zero
+    # mode is a per-thread CPU flag: the workers set their own.
     with (
         flush_denormals(),
-        ThreadPoolExecutor(n_threads) as pool,
+        ThreadPoolExecutor(
+            n_threads, initializer=torch.set_flush_denormal, initargs=(True,)
+        ) as pool,
         ThreadPoolExecutor(1) as prefetch,
     ):
         if n_threads > 1:
