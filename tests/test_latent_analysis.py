@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 import types
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, cli_env
+from conftest import REPO, run_cli
 from hydra import compose, initialize_config_dir
 
 from weightspace.analysis import analyze, compose_config
@@ -304,18 +303,12 @@ def test_bad_autoencoder_fails_before_any_work(api_zoo_path, tmp_path):
 
 @pytest.mark.slow
 def test_cli_bad_autoencoder_is_one_line_and_exit_2(api_zoo_path, tmp_path):
-    bad = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "scripts" / "analyze.py"),
-            f"zoo={api_zoo_path}",
-            f"autoencoder={tmp_path / 'missing-run'}",
-        ],
-        env=cli_env(tmp_path),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
+    bad = run_cli(
+        tmp_path,
+        f"zoo={api_zoo_path}",
+        f"autoencoder={tmp_path / 'missing-run'}",
         timeout=300,
+        script=REPO / "scripts" / "analyze.py",
     )
     assert bad.returncode == 2
     last = bad.stderr.strip().splitlines()[-1]
