@@ -47,7 +47,7 @@ from weightspace.tasks import Task
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 EVAL_BUDGET = 1 << 22  # activation entries per evaluation forward
-CHUNK = 1024  # members per block (larger blocks mean fewer, larger operations)
+CHUNK = 256  # members per block: large operations, and blocks enough to balance the workers
 
 
 # --------------------------------------------------------------------------- data order
