@@ -207,6 +207,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     _write_run_files(run_dir, record, cfg)
     loggers = build_loggers(cfg, run_dir, record["wandb_id"])
     callbacks = build_callbacks(run_dir)
+    # Extra callbacks from the config: {name: {_target_: ...}} (e.g. a test's data recorder).
+    callbacks += [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     trainer: pl.Trainer = instantiate(
         cfg.trainer, default_root_dir=str(run_dir), logger=loggers, callbacks=callbacks
     )
@@ -280,6 +282,17 @@ def summarize_evaluation(results: dict[str, Any], run_dir: Path) -> str:
     return "\n".join(lines)
 
 
+def objective(cfg: DictConfig, metrics: dict[str, Any]) -> float | None:
+    """``metrics[cfg.optimized_metric]``: the value a sweeper optimizes (None if unset)."""
+    key = cfg.get("optimized_metric")
+    if not key:
+        return None
+    if key not in metrics:
+        numeric = sorted(k for k, v in metrics.items() if isinstance(v, int | float))
+        raise ConfigError(f"optimized_metric: '{key}' is not a final metric (have {numeric})")
+    return float(metrics[key])
+
+
 def cli() -> None:
     """The Hydra entry point of ``scripts/train_autoencoder.py``."""
     import hydra
@@ -287,10 +300,13 @@ def cli() -> None:
     from weightspace.cli import run_or_exit
 
     @hydra.main(config_path=str(CONFIG_DIR), config_name=CONFIG_NAME, version_base="1.3")
-    def main(cfg: DictConfig) -> None:
+    def main(cfg: DictConfig) -> float | None:
         metrics = run_or_exit(train, cfg)
-        print(json.dumps({k: v for k, v in metrics.items() if k != "evaluation"}, indent=2))
-        if "evaluation" in metrics:
-            print(summarize_evaluation(metrics["evaluation"], Path(metrics["run_dir"])))
+        if rank_zero_only.rank == 0:  # DDP: the other ranks run this too
+            print(json.dumps({k: v for k, v in metrics.items() if k != "evaluation"}, indent=2))
+            if "evaluation" in metrics:
+                print(summarize_evaluation(metrics["evaluation"], Path(metrics["run_dir"])))
+        # A sweeper (hydra/sweeper=optuna_search) minimizes what the job returns.
+        return run_or_exit(objective, cfg, metrics)
 
     main()
