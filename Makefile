@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # CPU build by default; on a GPU machine install your CUDA torch into $(VENV) first.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test bench lint
+.PHONY: demo test bench bench-large lint
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ bench: $(BIN)/.installed  ## speed and symmetry measurements against the usual w
 	$(BIN)/python -m pip install -q -e ".[bench]"
 	$(BIN)/python benchmarks/bench_zoo.py
 	$(BIN)/python benchmarks/bench_symmetry.py
+
+bench-large: $(BIN)/.installed  ## peak memory of an autoencoder epoch over zoos of 10k-100k members (~3 min, ~1.5 GB of disk)
+	$(BIN)/python benchmarks/bench_large_zoo.py
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check src scripts tests benchmarks
