@@ -163,6 +163,11 @@ def test_ddp_two_cpu_processes_see_disjoint_data_and_write_one_run(api_zoo_path,
     runs = list((tmp_path / "outputs" / "autoencoder").iterdir())
     assert len(runs) == 1, runs
     run = runs[0]
+    # The process of rank 1 adds only its Hydra log (hydra.output_subdir=null for it).
+    assert {p.name for p in run.iterdir()} == {
+        *(".hydra", "checkpoints", "config.yaml", "csv", "evaluation", "metrics.json"),
+        *("run.json", "train_ae.log", "train_ddp_process_1.log"),
+    }
     for name in ("run.json", "config.yaml", "metrics.json", "evaluation/table.md"):
         assert (run / name).is_file(), name
     ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
