@@ -72,11 +72,13 @@ def test_optuna_sweep_then_summary(api_zoo_path, tmp_path):
         "hydra.sweeper.params=null",  # the preset's search space replaced by one axis:
         "model.latent_dim=choice(4,8)",
         "hydra.sweeper.sampler.n_startup_trials=2",
-        "trainer.fast_dev_run=true",
+        "trainer.max_epochs=1",  # (fast_dev_run would replace the W&B logger by a dummy)
         "model.encoder.hidden=[32]",
         "model.decoder.hidden=[32]",
         *[o for o in SMALL_OVERRIDES if not o.startswith("evaluate")],
         "evaluate=true",
+        "logger=wandb",
+        "logger.mode=offline",  # offline W&B runs under outputs/wandb, no network
         script=TRAIN,
         timeout=400,
     )
@@ -87,6 +89,13 @@ def test_optuna_sweep_then_summary(api_zoo_path, tmp_path):
     # The study minimized what each job returned: its val/recon.
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert best["best_value"] == pytest.approx(min(m["val/recon"] for m in jobs.values()))
+
+    # Each job its own W&B run (the id in its run.json), both in a group named after the sweep.
+    runs = sorted((tmp_path / "outputs" / "wandb").glob("offline-run-*"))
+    ids = {json.loads((sweep / n / "run.json").read_text())["wandb_id"] for n in jobs}
+    assert len(runs) == 2 and {r.name.rsplit("-", 1)[-1] for r in runs} == ids
+    for r in runs:
+        assert sweep.name.encode() in next(r.glob("*.wandb")).read_bytes()
 
     result = run_cli(tmp_path, str(sweep), script=SUMMARIZE)
     assert result.returncode == 0, result.stderr[-2000:]
