@@ -249,3 +249,21 @@ def test_zoo_weights_load_into_weight_norm_module(tmp_path, make_cfg):
     final = zoo.metrics.set_index(["member_id", "epoch"]).loc[(1, 2), "test_acc"]
     assert acc == final
     assert np.isfinite(zoo.metrics["test_loss"]).all()
+
+
+def test_jobs_starting_one_zoo_side_by_side_all_get_in(tmp_path):
+    """Sharded generation starts several jobs on one new zoo folder at once: none of them may
+    find it half made (without its fingerprint); a different config is still refused."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    root = tmp_path / "zoos" / "digits"
+
+    def start(_):
+        return zoo_module.ZooWriter(root, "a: 1\n", "abc", overwrite=False).root
+
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(start, range(32))) == [root] * 32
+    assert (root / "fingerprint.txt").read_text() == "abc\n"
+    assert [p.name for p in tmp_path.joinpath("zoos").iterdir()] == ["digits"]  # no leftovers
+    with pytest.raises(ZooError, match="different config"):
+        zoo_module.ZooWriter(root, "a: 2\n", "xyz", overwrite=False)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
 from functools import cached_property
@@ -107,6 +108,7 @@ class ZooWriter:
         self.root = Path(root)
         self.fingerprint = fingerprint
         stamp = self.root / "fingerprint.txt"
+        self._create(fingerprint)
         if self.root.exists() and any(self.root.iterdir()):
             if not stamp.exists():
                 raise ZooError(
@@ -123,6 +125,19 @@ class ZooWriter:
         if not stamp.exists():
             atomic_write_bytes(stamp, (fingerprint + "\n").encode())
         atomic_write_bytes(self.root / "config.yaml", config_yaml.encode())
+
+    def _create(self, fingerprint: str) -> None:
+        """Make a new zoo folder with its fingerprint already inside, in one rename: jobs of
+        one zoo started side by side (sharded generation) never see it without one."""
+        if self.root.exists():
+            return
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{self.root.name}.", dir=self.root.parent))
+        (tmp / "fingerprint.txt").write_text(fingerprint + "\n")
+        try:
+            os.rename(tmp, self.root)
+        except OSError:  # another job made it first: its fingerprint is checked next
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def _clear(self) -> None:
         for name in (
