@@ -639,6 +639,17 @@ def test_merge_many_on_trained_networks(trained):
     assert mean["layers.0.weight"].shape == (1, 16, 64)
 
 
+def test_merge_many_reports_its_passes(trained, capsys):
+    spec, params, _ = trained("relu", False)
+    quiet = S.merge_many(params, spec, seed=1)
+    shown = S.merge_many(params, spec, seed=1, progress=True)
+    assert_params_equal(shown[0], quiet[0])  # the bars change nothing
+    lines = [line for line in capsys.readouterr().out.splitlines() if "MergeMany pass" in line]
+    m = len(next(iter(params.values())))
+    assert lines and lines[-1].endswith(f"0 of {m} members moved")  # the last pass: converged
+    assert int(lines[0].split(": ")[1].split()[0]) > 0  # the first pass moved someone
+
+
 @FAST
 @given(net=networks(weight_norm=False), seed=st.integers(0, 99))
 def test_activation_matching_recovers_a_permuted_copy(net, seed):

@@ -56,8 +56,9 @@ def _slice(t: UnitTransform, rows: np.ndarray) -> UnitTransform:
     return UnitTransform(perms, factors)
 
 
-def find_alignment(zoo: Zoo, tcfg: Any) -> dict[str, UnitTransform]:
-    """Per activation group, the transform of every member (rows in member_id order)."""
+def find_alignment(zoo: Zoo, tcfg: Any, progress: bool = False) -> dict[str, UnitTransform]:
+    """Per activation group, the transform of every member (rows in member_id order);
+    ``progress``: MergeMany's progress bars."""
     kind = tcfg["kind"]
     epoch = tcfg.get("epoch")
     out: dict[str, UnitTransform] = {}
@@ -92,6 +93,7 @@ def find_alignment(zoo: Zoo, tcfg: Any) -> dict[str, UnitTransform]:
                 int(tcfg.get("max_iter", 100)),
                 int(tcfg.get("seed", 0)),
                 sign_aware=sign_aware,
+                progress=progress,
             )
         out[str(act)] = t
     return out
@@ -131,7 +133,7 @@ def derive(cfg: DictConfig) -> Path:
     if kind != "canonical" and todo:
         # One search over the whole zoo before any shard is written (minutes for thousands).
         print(f"{kind}: matching {len(parent)} members ...", flush=True)
-        aligned = find_alignment(parent, tcfg)
+        aligned = find_alignment(parent, tcfg, progress=bool(cfg.get("progress", True)))
     row_of = {}  # member_id -> row in its activation group's transform
     for _, group in parent.members.groupby("activation"):
         row_of.update({int(m): r for r, m in enumerate(group["member_id"])})

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from weightspace.mlp import ACTIVATIONS, MLPSpec, effective_params, forward
 
@@ -848,6 +849,7 @@ def merge_many(
     max_iter: int = 100,
     seed: int = 0,
     sign_aware: bool = False,
+    progress: bool = False,
 ) -> tuple[Params, UnitTransform, Params]:
     """Bring the whole population into one frame, as MergeMany (Ainsworth et al., 2023).
 
@@ -857,7 +859,8 @@ def merge_many(
 
     Returns the aligned parameters (same names as ``params``), each member's transform and
     the mean of the aligned effective parameters, stacked as (1, ...) so it can serve as a
-    reference.
+    reference. ``progress``: a progress bar per pass, with how many members moved (a pass
+    over a thousand members takes tens of seconds on a CPU).
     """
     m_total = _n_members(params)
     ps = mlp_permutation_spec(spec)
@@ -876,9 +879,19 @@ def merge_many(
     if m_total > 1:
         total = {k: v.sum(0) for k, v in aligned.items()}
         rng = np.random.default_rng(seed)
-        for _ in range(max_iter):
+        for p in range(max_iter):
             changed = False
+            moved_count = 0
+            bar = tqdm(
+                total=m_total,
+                desc=f"MergeMany pass {p + 1}",
+                unit="member",
+                disable=not progress,
+                dynamic_ncols=True,
+                leave=False,
+            )
             for m in rng.permutation(m_total):
+                bar.update()
                 one = {k: v[m : m + 1] for k, v in aligned.items()}
                 others = {k: (total[k] - one[k][0]) / (m_total - 1) for k in total}
                 step = int(rng.integers(2**31))
@@ -888,11 +901,18 @@ def merge_many(
                 if _is_identity(t):
                     continue
                 changed = True
+                moved_count += 1
+                bar.set_postfix(moved=moved_count, refresh=False)
                 moved = apply_transform(one, spec, t)
                 for k in total:
                     total[k] = total[k] + moved[k][0] - one[k][0]
                     aligned[k][m] = moved[k][0]
                 members[m] = compose_transforms(members[m], t)
+            bar.close()
+            if progress:
+                print(
+                    f"MergeMany pass {p + 1}: {moved_count} of {m_total} members moved", flush=True
+                )
             if not changed:
                 break
     perms = {k: torch.cat([t.perms[k] for t in members]) for k in ps.sizes}
