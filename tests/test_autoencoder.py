@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from weightspace.autoencoder import WeightAutoencoder
-from weightspace.baselines import layer_statistics
+from weightspace.baselines import layer_statistics, spectrum_names
 from weightspace.dataset import (
     WeightDataModule,
     flatten_params,
@@ -171,6 +171,37 @@ def test_weight_statistics_are_the_baselines_standardized(datamodule):
     assert not torch.allclose(moved, model.encode(flat))
 
 
+@pytest.mark.parametrize("spectrum", [False, True])
+def test_concatenated_statistics_are_latent_coordinates(datamodule, spectrum):
+    model = small_model(datamodule, stats_input="concat", stats_spectrum=spectrum)
+    batch = next(iter(datamodule.val_dataloader()))
+    flat = batch["weights"]
+    n_stats = 8 * len(model.spec.param_shapes()) + spectrum * len(spectrum_names(model.spec))
+    params = datamodule.normalizer.denormalize_params(unflatten_params(flat, model.spec))
+    features = layer_statistics(params, model.spec, spectrum=spectrum)
+    expected = (features - np.array(model.hparams.stats_mean)) / np.array(model.hparams.stats_std)
+    np.testing.assert_allclose(model.weight_statistics(flat).numpy(), expected, atol=2e-3)
+    z = model.encode(flat)
+    assert (
+        z.shape
+        == (len(flat), model.hparams.latent_dim + n_stats)
+        == (
+            len(flat),
+            model.latent_width,
+        )
+    )
+    # The last coordinates are the standardized statistics themselves, the first the encoder's.
+    torch.testing.assert_close(z[:, -n_stats:], model.weight_statistics(flat))
+    torch.testing.assert_close(z[:, :-n_stats], model.encoder(flat))
+    # The decoder reads the whole latent: the statistics' coordinates move its output.
+    moved = z.clone()
+    moved[:, -n_stats:] += 1.0
+    assert model.decode(z).shape == flat.shape
+    assert not torch.allclose(model.decode(moved), model.decode(z))
+    terms = model.compute_losses(next(iter(datamodule.train_dataloader())))
+    assert torch.isfinite(terms["loss"]) and "stats" not in terms
+
+
 def test_outputs_use_each_members_activation():
     """Zoos may mix activations: each network runs with its own."""
     spec = MLPSpec((4, 3, 2))
@@ -197,6 +228,10 @@ def test_bad_options_are_config_errors(datamodule):
         small_model(datamodule, recon_weight=0.0)
     with pytest.raises(ConfigError, match="stats_mean"):
         WeightAutoencoder(widths=[4, 3, 2], stats_weight=1.0)
+    with pytest.raises(ConfigError, match="stats_input"):
+        small_model(datamodule, stats_input="sum")
+    with pytest.raises(ConfigError, match="stats_weight"):
+        small_model(datamodule, stats_input="concat", stats_weight=1.0)
     model = small_model(datamodule, contrastive_weight=0.5)
     with pytest.raises(ConfigError, match="two augmented views"):
         model.compute_losses(next(iter(datamodule.train_dataloader())))

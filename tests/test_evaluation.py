@@ -12,7 +12,14 @@ import torch
 from sklearn.linear_model import Ridge
 from threadpoolctl import threadpool_limits
 
-from weightspace.baselines import fit_pca, layer_statistic_names, layer_statistics
+from weightspace.baselines import (
+    fit_pca,
+    layer_statistic_names,
+    layer_statistics,
+    network_features_torch,
+    spectrum_names,
+    spectrum_torch,
+)
 from weightspace.dataset import WeightDataModule
 from weightspace.evaluation import (
     ALPHAS,
@@ -248,6 +255,32 @@ def test_layer_statistics_ignore_hidden_unit_order():
     )
 
 
+def test_spectra_are_singular_values_largest_first_and_ignore_hidden_unit_order():
+    spec = MLPSpec((5, 7, 6, 3))
+    gen = torch.Generator().manual_seed(1)
+    params = {k: torch.randn(4, *s, generator=gen) for k, s in spec.param_shapes().items()}
+    sv = spectrum_torch(params, spec)
+    names = spectrum_names(spec)
+    assert sv.shape == (4, 5 + 6 + 3) == (4, len(names)) and names[5] == "layers.1.weight/sv0"
+    np.testing.assert_allclose(
+        sv[2, 5:11].numpy(), np.linalg.svd(params["layers.1.weight"][2].numpy())[1], rtol=1e-5
+    )
+    assert (sv[:, :5].diff(dim=1) <= 0).all()  # descending within a matrix
+    ps = mlp_permutation_spec(spec)
+    permuted = apply_permutation(ps, random_permutations(ps, 4, gen), params)
+    torch.testing.assert_close(spectrum_torch(permuted, spec), sv)
+    # An orthogonal matrix's spectrum is flat: what tells an orthogonal init apart.
+    q = torch.linalg.qr(torch.randn(7, 7, generator=gen))[0][:, :5]
+    flat = spectrum_torch({**params, "layers.0.weight": q.expand(4, 7, 5)}, spec)[:, :5]
+    torch.testing.assert_close(flat, torch.ones(4, 5))
+    stats_only = network_features_torch(params, spec)
+    both = network_features_torch(params, spec, spectrum=True)
+    torch.testing.assert_close(both, torch.cat([stats_only, sv.log()], 1))
+    np.testing.assert_allclose(
+        layer_statistics(params, spec, spectrum=True), both.double().numpy(), rtol=1e-5
+    )
+
+
 def test_pca_baseline_clamps_components_and_reconstructs_its_span():
     rng = np.random.default_rng(5)
     x = rng.normal(size=(10, 3)) @ rng.normal(size=(3, 40))  # rank 3
@@ -452,7 +485,7 @@ def test_evaluate_autoencoder_end_to_end(datamodule, digits, tmp_path):
     for name in ("activation", "optimizer", "init", "log_weight_decay"):
         assert noted[name] == "constant"
     reps = set(probes["representation"])
-    assert reps == {"chance", "latent", "stats", "raw", "pca"}
+    assert reps == {"chance", "latent", "stats", "stats+spectra", "raw", "pca"}
     assert set(probes.loc[probes.probe == "boosting", "representation"]) == {"latent", "stats"}
     # The fake model *is* the PCA of the same width: its linear probes match the PCA's.
     lin = probes[probes.probe.isin(["ridge", "logistic"]) & ok].set_index(["target", "metric"])

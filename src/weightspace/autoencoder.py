@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from weightspace.baselines import layer_statistics_torch
+from weightspace.baselines import network_features_torch, spectrum_names
 from weightspace.dataset import (
     LayerNormalizer,
     WeightDataModule,
@@ -278,6 +278,7 @@ class TransformerDecoder(nn.Module):
         return _rows_to_flat(rows, self.spec)  # (N, D)
 
 
+STATS_INPUTS = (False, True, "add", "concat")
 ENCODERS: dict[str, type[nn.Module]] = {"mlp": MLPEncoder, "transformer": TransformerEncoder}
 DECODERS: dict[str, type[nn.Module]] = {"mlp": MLPDecoder, "transformer": TransformerDecoder}
 
@@ -339,8 +340,15 @@ class WeightAutoencoder(pl.LightningModule):
             (:func:`~weightspace.baselines.layer_statistics`, standardized), so the latent
             carries the permutation-invariant summary that predicts a network's properties
             (Unterthiner et al. 2020) along with what reconstruction needs. 0 turns it off.
-        stats_input: the encoder also reads those statistics (a linear map of them is added
-            to its latent): sorting-based features an MLP or attention cannot easily compute.
+        stats_input: how the model reads those statistics (sorting-based features an MLP or
+            attention cannot easily compute): ``False`` not at all; ``True`` / ``"add"`` a
+            linear map of them is added to the encoder's latent; ``"concat"`` they become
+            ``8 * n_tensors`` more coordinates of the latent, after the encoder's
+            ``latent_dim`` (so the latent is ``latent_dim + 8 * n_tensors`` wide, the decoder
+            reads both, and the encoder is free to learn what the statistics miss).
+        stats_spectrum: the statistics also hold the singular values of every weight matrix
+            (:func:`~weightspace.baselines.spectrum_torch`): the init scheme shows in a
+            spectrum (an orthogonal matrix's is flat) more than in any quantile.
         stats_mean, stats_std: the statistics' training-split mean and std (plain lists;
             :meth:`from_datamodule` fills them when either option is on).
         n_probe: number of probe inputs (a buffer, filled from ``probe_inputs``).
@@ -367,7 +375,8 @@ class WeightAutoencoder(pl.LightningModule):
         projection_dim: int = 32,
         functional_kind: str = "mse",
         stats_weight: float = 0.0,
-        stats_input: bool = False,
+        stats_input: bool | str = False,
+        stats_spectrum: bool = False,
         stats_mean: Sequence[float] | None = None,
         stats_std: Sequence[float] | None = None,
         n_probe: int = 256,
@@ -392,6 +401,20 @@ class WeightAutoencoder(pl.LightningModule):
                 "recon_weight, contrastive_weight, functional_weight, stats_weight: must be >= 0, "
                 "one of the first three > 0"
             )
+        if stats_input not in STATS_INPUTS:
+            raise ConfigError(f"stats_input: '{stats_input}' (choose false, add or concat)")
+        spec = MLPSpec(tuple(widths), activations[0], bias)
+        n_stats = 8 * len(spec.param_shapes()) + (
+            len(spectrum_names(spec)) if stats_spectrum else 0
+        )
+        concat = stats_input == "concat"
+        if concat and stats_weight > 0:
+            raise ConfigError(
+                "stats_weight: must be 0 with stats_input=concat (the statistics are latent "
+                "coordinates already)"
+            )
+        #: width of the latent: the encoder's, plus the statistics with stats_input=concat.
+        self.latent_width = latent_dim + (n_stats if concat else 0)
         self.spec = MLPSpec(tuple(widths), activations[0], bias)
         self.activations = list(activations)
         self.normalizer = None if normalizer is None else LayerNormalizer.from_dict(normalizer)
@@ -399,16 +422,16 @@ class WeightAutoencoder(pl.LightningModule):
             ENCODERS, "encoder", encoder or {"kind": "mlp"}, self.spec, latent_dim
         )
         self.decoder = build_part(
-            DECODERS, "decoder", decoder or {"kind": "mlp"}, self.spec, latent_dim
+            DECODERS, "decoder", decoder or {"kind": "mlp"}, self.spec, self.latent_width
         )
-        n_stats = 8 * len(self.spec.param_shapes())
         uses_stats = stats_weight > 0 or stats_input
         if uses_stats and (stats_mean is None or stats_std is None):
             raise ConfigError("stats_weight / stats_input: need stats_mean and stats_std")
         if uses_stats and not (len(stats_mean) == len(stats_std) == n_stats):
             raise ConfigError(f"stats_mean, stats_std: need {n_stats} values each")
         self.stats_head = nn.Linear(latent_dim, n_stats) if stats_weight > 0 else None
-        self.stats_in = nn.Linear(n_stats, latent_dim) if stats_input else None
+        self.stats_in = nn.Linear(n_stats, latent_dim) if stats_input in (True, "add") else None
+        self.stats_concat = concat
         self.register_buffer(
             "stats_mean", torch.tensor(stats_mean or [0.0] * n_stats), persistent=False
         )
@@ -417,7 +440,9 @@ class WeightAutoencoder(pl.LightningModule):
         )
         self.projection = (
             nn.Sequential(
-                nn.Linear(latent_dim, latent_dim), nn.ReLU(), nn.Linear(latent_dim, projection_dim)
+                nn.Linear(self.latent_width, latent_dim),
+                nn.ReLU(),
+                nn.Linear(latent_dim, projection_dim),
             )
             if contrastive_weight > 0
             else None
@@ -455,7 +480,11 @@ class WeightAutoencoder(pl.LightningModule):
             train = datamodule.dataset("train")
             gen = torch.Generator().manual_seed(probe_seed)
             idx = torch.randperm(len(train), generator=gen)[:4096].sort().values
-            stats = layer_statistics_torch(train.params(idx.numpy()), spec).double()
+            stats = network_features_torch(
+                {k: v.double() for k, v in train.params(idx.numpy()).items()},
+                spec,
+                hparams.get("stats_spectrum", False),
+            )
             hparams.setdefault("stats_mean", stats.mean(0).tolist())
             hparams.setdefault("stats_std", stats.std(0).clamp_min(1e-8).tolist())
         return cls(
@@ -483,19 +512,22 @@ class WeightAutoencoder(pl.LightningModule):
         return self._encode_flat(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)
 
     def weight_statistics(self, flat: Tensor) -> Tensor:
-        """Standardized per-layer statistics ``(N, 8 * n_tensors)`` of networks given as
-        normalized flat weights ``(N, D)``."""
+        """Standardized per-layer statistics ``(N, 8 * n_tensors [+ n_singular_values])`` of
+        networks given as normalized flat weights ``(N, D)`` (spectra with ``stats_spectrum``)."""
         # In float64: a bias's mean is a small difference of large sums, and standardizing
         # by a small spread across the zoo would magnify float32 rounding.
         params = unflatten_params(self.denormalize(flat).double(), self.spec)
-        stats = layer_statistics_torch(params, self.spec)
+        stats = network_features_torch(params, self.spec, self.hparams.stats_spectrum)
         return ((stats - self.stats_mean.double()) / self.stats_std.double()).to(flat.dtype)
 
     def _encode_flat(self, flat: Tensor, stats: Tensor | None = None) -> Tensor:
         z = self.encoder(flat)
-        if self.stats_in is not None:
-            z = z + self.stats_in(self.weight_statistics(flat) if stats is None else stats)
-        return z
+        if self.stats_in is None and not self.stats_concat:
+            return z
+        stats = self.weight_statistics(flat) if stats is None else stats
+        if self.stats_concat:
+            return torch.cat([z, stats], -1)
+        return z + self.stats_in(stats)
 
     def decode(self, latent: Tensor) -> Tensor:
         """Normalized flat weights ``(..., D)`` from latents ``(..., latent)``."""
@@ -565,7 +597,7 @@ class WeightAutoencoder(pl.LightningModule):
         b, v, d = x.shape
         flat = x.reshape(b * v, d)
         stats = None
-        if self.stats_in is not None or self.stats_head is not None:
+        if self.stats_in is not None or self.stats_head is not None or self.stats_concat:
             with torch.no_grad():
                 stats = self.weight_statistics(flat)  # (B*V, S), an input and a target
         z = self._encode_flat(flat, stats)  # (B*V, latent)

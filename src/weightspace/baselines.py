@@ -5,6 +5,12 @@
   0 / 25 / 50 / 75 / 100 % and L2 norm (Frobenius for a weight matrix): 8 numbers per tensor,
   invariant to hidden-unit permutations. Their paper's strongest predictor is gradient
   boosting on exactly these features.
+- **Spectra**: the singular values of every weight matrix, in descending order, also
+  invariant to hidden-unit permutations (and to any rotation of a hidden layer). Not one of
+  the field's baselines: the autoencoder can read them next to the statistics
+  (``model.stats_spectrum``, on a log scale), and the evaluation probes "stats+spectra"
+  (:func:`layer_statistics` with ``spectrum=True``) as the honest reference for such a
+  latent.
 - **Raw weights**: the flat normalized vector the autoencoder itself reads.
 - **PCA** of the flat normalized vectors with as many components as the latent, fitted on
   the training split only: the linear autoencoder of the same width, for probes and for
@@ -30,6 +36,9 @@ __all__ = [
     "layer_statistic_names",
     "layer_statistics",
     "layer_statistics_torch",
+    "network_features_torch",
+    "spectrum_names",
+    "spectrum_torch",
 ]
 
 QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -41,7 +50,9 @@ def layer_statistic_names(spec: MLPSpec) -> list[str]:
     return [f"{name}/{stat}" for name in spec.param_shapes() for stat in STATISTICS]
 
 
-def layer_statistics(params: Mapping[str, Tensor], spec: MLPSpec) -> np.ndarray:
+def layer_statistics(
+    params: Mapping[str, Tensor], spec: MLPSpec, spectrum: bool = False
+) -> np.ndarray:
     """Per-tensor statistics of ``N`` stacked networks: ``(N, 8 * n_tensors)`` float64.
 
     For each tensor of ``spec.param_shapes()`` (``layers.{l}.weight``, ``layers.{l}.bias``,
@@ -49,17 +60,21 @@ def layer_statistics(params: Mapping[str, Tensor], spec: MLPSpec) -> np.ndarray:
     weight first) the columns are :data:`STATISTICS`: mean, population std (ddof 0),
     quantiles with linear interpolation (numpy's default) and the L2 / Frobenius norm.
     Names in :func:`layer_statistic_names`. Pass the networks' own (denormalized) weights.
+    ``spectrum``: followed by the log singular values (:func:`network_features_torch`).
     """
     n = len(next(iter(params.values())))
     # torch.quantile takes at most 2**24 entries at once: rows in chunks below that.
     chunk = max(1, (1 << 22) // max(math.prod(s) for s in spec.param_shapes().values()))
     parts = [
-        layer_statistics_torch(
-            {k: v[lo : lo + chunk].detach().double().cpu() for k, v in params.items()}, spec
+        network_features_torch(
+            {k: v[lo : lo + chunk].detach().double().cpu() for k, v in params.items()},
+            spec,
+            spectrum,
         )
         for lo in range(0, n, chunk)
     ]
-    return torch.cat(parts).numpy() if parts else np.zeros((0, 8 * len(spec.param_shapes())))
+    width = 8 * len(spec.param_shapes()) + (len(spectrum_names(spec)) if spectrum else 0)
+    return torch.cat(parts).numpy() if parts else np.zeros((0, width))
 
 
 def layer_statistics_torch(params: Mapping[str, Tensor], spec: MLPSpec) -> Tensor:
@@ -79,6 +94,40 @@ def layer_statistics_torch(params: Mapping[str, Tensor], spec: MLPSpec) -> Tenso
             torch.linalg.vector_norm(x, dim=1, keepdim=True),
         ]
     return torch.cat(columns, 1)
+
+
+def spectrum_names(spec: MLPSpec) -> list[str]:
+    """Feature names of :func:`spectrum_torch`: ``"{weight}/sv{k}"``, largest first."""
+    return [
+        f"{name}/sv{k}"
+        for name, shape in spec.param_shapes().items()
+        if len(shape) == 2
+        for k in range(min(shape))
+    ]
+
+
+def spectrum_torch(params: Mapping[str, Tensor], spec: MLPSpec) -> Tensor:
+    """Singular values of every weight matrix of ``N`` stacked networks, each in descending
+    order, weight matrices in ``state_dict`` order: ``(N, sum of min(out, in))``, in the
+    parameters' dtype and device, differentiable (weight normalization resolved first)."""
+    eff = effective_params(params, spec)
+    return torch.cat(
+        [torch.linalg.svdvals(eff[n]) for n, s in spec.param_shapes().items() if len(s) == 2], 1
+    )
+
+
+def network_features_torch(
+    params: Mapping[str, Tensor], spec: MLPSpec, spectrum: bool = False
+) -> Tensor:
+    """:func:`layer_statistics_torch`, followed by the logarithms of :func:`spectrum_torch`
+    (singular values below ``1e-6`` count as ``1e-6``) if ``spectrum``: the
+    permutation-invariant features the autoencoder reads and predicts. On a log scale the
+    shape of a spectrum (ratios of singular values, which training changes and the init
+    scheme sets) is linear in the features."""
+    stats = layer_statistics_torch(params, spec)
+    if not spectrum:
+        return stats
+    return torch.cat([stats, spectrum_torch(params, spec).clamp_min(1e-6).log()], 1)
 
 
 def fit_pca(x_train: np.ndarray, n_components: int, seed: int = 0) -> PCA:

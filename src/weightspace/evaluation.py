@@ -934,7 +934,7 @@ def evaluate_autoencoder(
     latent_dim: int | None = None,
     *,
     targets: Sequence[str] = DEFAULT_TARGETS,
-    boosting: bool | Collection[str] = ("latent", "stats", "pca"),
+    boosting: bool | Collection[str] = ("latent", "stats", "stats+spectra", "pca"),
     density: str = "gaussian",
     top: float = 0.3,
     n_samples: int = 256,
@@ -953,7 +953,9 @@ def evaluate_autoencoder(
     ``nn.Module`` is switched to eval mode meanwhile.
 
     - Probes (:func:`probe_table`): fitted on train, chosen on val, scored on test, for the
-      latent, layer statistics ("stats"), raw normalized weights ("raw") and a PCA of
+      latent, layer statistics ("stats"), the statistics with every weight matrix's log
+      singular values ("stats+spectra", the reference for a latent that reads them,
+      ``model.stats_spectrum``), raw normalized weights ("raw") and a PCA of
       ``latent_dim`` components fitted on train ("pca"); ``boosting`` names the
       representations that also get a boosting probe (raw weights are too wide by default).
     - Reconstruction (:func:`reconstruction_metrics`) of the test networks by the model and
@@ -1011,6 +1013,9 @@ def evaluate_autoencoder(
     reps: dict[str, Split3] = {
         "latent": tuple(z[s].double().numpy() for s in order),
         "stats": tuple(layer_statistics(splits[s].params, spec) for s in order),
+        "stats+spectra": tuple(
+            layer_statistics(splits[s].params, spec, spectrum=True) for s in order
+        ),
         "raw": tuple(splits[s].weights.double().numpy() for s in order),
         "pca": tuple(pca.transform(splits[s].weights.double().numpy()) for s in order),
     }
