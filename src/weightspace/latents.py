@@ -132,9 +132,10 @@ class Run:
 
     def describe(self) -> str:
         m = self.model
+        width = getattr(m, "latent_width", m.hparams.latent_dim)
         return (
             f"{self.path} (encoder {m.hparams.encoder.get('kind', '?')}, latent "
-            f"{m.hparams.latent_dim}, canon={self.canon}, zoo {self.zoo}, checkpoint "
+            f"{width}, canon={self.canon}, zoo {self.zoo}, checkpoint "
             f"{self.checkpoint.name})"
         )
 
