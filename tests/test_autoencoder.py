@@ -26,7 +26,14 @@ from weightspace.dataset import (
 from weightspace.derive import derive
 from weightspace.errors import ConfigError, ZooError
 from weightspace.mlp import MLPSpec, forward
-from weightspace.train_ae import CONFIG_DIR, CONFIG_NAME, summarize_evaluation, train
+from weightspace.train_ae import (
+    CONFIG_DIR,
+    CONFIG_NAME,
+    _run_record,
+    claim_run_dir,
+    summarize_evaluation,
+    train,
+)
 
 SCRIPT = REPO / "scripts" / "train_autoencoder.py"
 
@@ -355,6 +362,23 @@ def test_missing_zoo_is_one_line_error_naming_the_option(tmp_path):
     with pytest.raises(ZooError, match=r"^zoo: .*nowhere is not a finished zoo") as err:
         train(ae_cfg(tmp_path, tmp_path / "nowhere"))
     assert "\n" not in str(err.value)
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
+    folder = tmp_path / "2026-01-01_00-00-00"  # Hydra's timestamped folder, shared
+    first = claim_run_dir(folder, fresh=True)
+    second = claim_run_dir(folder, fresh=True)
+    third = claim_run_dir(folder, fresh=True)
+    assert (first, second, third) == (
+        folder,
+        tmp_path / "2026-01-01_00-00-00-1",
+        tmp_path / "2026-01-01_00-00-00-2",
+    )
+    # A resumed run keeps its folder; a claimed folder starts a new record (new W&B id).
+    assert claim_run_dir(folder, fresh=False) == folder
+    assert (second / "run.json").read_text() == ""
+    a, b = _run_record(first, tmp_path), _run_record(second, tmp_path)
+    assert a["wandb_id"] != b["wandb_id"]
 
 
 def test_resume_continues_the_run(api_zoo_path, tmp_path):

@@ -89,11 +89,39 @@ def resolve_run_dir(cfg: DictConfig) -> Path:
     raise ConfigError("run_dir: not set and no Hydra run folder to default to; set run_dir=PATH")
 
 
+def claim_run_dir(run_dir: Path, fresh: bool) -> Path:
+    """The folder a run writes to. A ``fresh`` run (not resuming, folder not given by the
+    user) claims ``run_dir`` by creating its ``run.json`` exclusively; if another run got
+    there first (two runs started in the same second share Hydra's timestamped folder), it
+    takes ``<run_dir>-1``, ``-2``, ... instead and says so. Ranks other than zero, and
+    resumed runs, keep ``run_dir``."""
+    if not fresh or rank_zero_only.rank != 0:
+        return run_dir
+    for k in range(1000):
+        cand = run_dir if k == 0 else run_dir.with_name(f"{run_dir.name}-{k}")
+        cand.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(cand / RUN_FILE, "x"):
+                pass
+        except FileExistsError:
+            continue
+        if k:
+            log.warning(
+                "run folder %s belongs to another run started in the same second; "
+                "this run writes to %s (its Hydra log stays in the first)",
+                run_dir,
+                cand,
+            )
+        return cand
+    raise ConfigError(f"run_dir: {run_dir} and 999 numbered siblings are taken by other runs")
+
+
 def _run_record(run_dir: Path, zoo: Path) -> dict[str, Any]:
     """The run's record: read back when resuming (same W&B id), else a new one."""
     path = run_dir / RUN_FILE
-    if path.exists():
-        return json.loads(path.read_text())
+    text = path.read_text() if path.exists() else ""
+    if text.strip():
+        return json.loads(text)
     return {"zoo": str(zoo), "wandb_id": uuid.uuid4().hex[:12]}
 
 
@@ -203,6 +231,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     model = instantiate(cfg.model, _convert_="all")(datamodule, probe_seed=int(cfg.seed))
 
     run_dir = resolve_run_dir(cfg)
+    run_dir = claim_run_dir(run_dir, fresh=not (ckpt_path or cfg.get("run_dir")))
     record = _run_record(run_dir, zoo)
     _write_run_files(run_dir, record, cfg)
     loggers = build_loggers(cfg, run_dir, record["wandb_id"])
