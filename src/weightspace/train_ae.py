@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 import wandb
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -225,6 +226,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path and not Path(ckpt_path).is_file():
         raise ConfigError(f"ckpt_path: {ckpt_path} is not a file")
+    if cfg.get("num_threads"):
+        torch.set_num_threads(int(cfg.num_threads))
     pl.seed_everything(int(cfg.seed), workers=True)
 
     datamodule: WeightDataModule = instantiate(cfg.data, zoo_paths=str(zoo), _convert_="all")
