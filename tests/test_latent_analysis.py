@@ -16,6 +16,7 @@ import types
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import REPO, run_cli
@@ -314,3 +315,20 @@ def test_cli_bad_autoencoder_is_one_line_and_exit_2(api_zoo_path, tmp_path):
     last = bad.stderr.strip().splitlines()[-1]
     assert last.startswith("error: autoencoder: ") and "missing-run" in last
     assert "Traceback" not in bad.stderr
+
+
+def test_probe_sentence_compares_like_with_like_and_leaves_the_reference_out():
+    from weightspace.analysis.latent import _probe_sentence
+
+    class Section:
+        paragraphs: list[str] = []
+
+    row = {"target": "init", "metric": "acc", "chance": "0.25"}
+    row |= {"latent linear": "0.95", "latent boosting": "0.90", "stats linear": "0.73"}
+    row |= {"stats boosting": "0.96", "stats+spectra linear": "0.99", "pca linear": "0.40"}
+    const = {k: "constant" for k in row} | {"target": "activation"}
+    s = Section()
+    _probe_sentence(s, pd.DataFrame([row, const]))
+    (text,) = s.paragraphs
+    assert "init: linear 0.95 vs 0.73 (stats), boosting 0.90 vs 0.96 (stats)" in text
+    assert "0.99" not in text and "activation" not in text

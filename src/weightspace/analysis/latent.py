@@ -693,29 +693,35 @@ def section_latent(run: Run, opts: Mapping[str, Any], zoo_root=None, seed: int =
 
 
 def _probe_sentence(s: Section, table: pd.DataFrame) -> None:
-    """One sentence comparing the latent's linear probe with the best baseline per target."""
-    if "target" not in table or "latent linear" not in table:
+    """One sentence per target comparing each latent probe (linear, boosting) with the best
+    of the field's baselines under the same probe ("stats+spectra" is a reference for latents
+    that carry those features, not a baseline: left out here)."""
+    if "target" not in table:
         return
     parts = []
     for _, row in table.iterrows():
-        try:
-            ours = float(row["latent linear"])
-        except ValueError:
-            continue
-        base = {
-            c: float(row[c])
-            for c in table.columns
-            if c not in ("target", "metric", "chance")
-            and not c.startswith("latent")
-            and _is_float(row[c])
-        }
-        if not base or not math.isfinite(ours):
-            continue
-        best = max(base, key=base.get)
-        parts.append(f"{row['target']} {ours:.2f} vs {base[best]:.2f} ({best})")
+        said = []
+        for kind in ("linear", "boosting"):
+            ours = row.get(f"latent {kind}")
+            if not _is_float(ours) or not math.isfinite(float(ours)):
+                continue
+            base = {
+                c[: -len(kind) - 1]: float(row[c])
+                for c in table.columns
+                if c.endswith(f" {kind}")
+                and not c.startswith(("latent", "stats+spectra"))
+                and _is_float(row[c])
+            }
+            if base:
+                best = max(base, key=base.get)
+                said.append(f"{kind} {float(ours):.2f} vs {base[best]:.2f} ({best})")
+        if said:
+            parts.append(f"{row['target']}: " + ", ".join(said))
     if parts:
         s.paragraphs.append(
-            "Held-out probes (latent linear vs the best baseline): " + "; ".join(parts) + "."
+            "Held-out probes, the latent vs the best baseline under the same probe: "
+            + "; ".join(parts)
+            + "."
         )
 
 
