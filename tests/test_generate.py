@@ -313,3 +313,15 @@ def test_killed_cli_run_resumes_to_the_same_zoo(tmp_path):
     assert trained == 24 - 2 * done
     assert_same_zoo(reference.path, zoo_dir)
     Zoo.open(zoo_dir).weights(3)  # every checksum holds
+
+
+def test_progress_bars_update_rarely_in_a_log_file(capsys):
+    from weightspace.cli import LOG_INTERVAL, progress_bar
+
+    # Under pytest stderr is captured, not a terminal: a job's log file.
+    with progress_bar(total=1000, desc="zoo test", unit="member") as bar:
+        assert bar.mininterval == LOG_INTERVAL
+        for _ in range(1000):
+            bar.update()
+    err = capsys.readouterr().err
+    assert err.count("\r") <= 3 and "1000/1000" in err  # the start, the end, nothing between

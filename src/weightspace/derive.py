@@ -28,8 +28,8 @@ import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
-from tqdm.auto import tqdm
 
+from weightspace.cli import progress_bar
 from weightspace.config import fingerprint, to_dict
 from weightspace.errors import ConfigError, ZooError
 from weightspace.mlp import MLPSpec
@@ -138,12 +138,11 @@ def derive(cfg: DictConfig) -> Path:
     for _, group in parent.members.groupby("activation"):
         row_of.update({int(m): r for r, m in enumerate(group["member_id"])})
 
-    bar = tqdm(
+    bar = progress_bar(
         total=len(todo),
         unit="shard",
         desc=f"{kind} {Path(cfg.out).name}",
         disable=not cfg.get("progress", True),
-        dynamic_ncols=True,
     )
     with bar:
         for s in todo:

@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
-from tqdm.auto import tqdm
 
 from weightspace import __version__
+from weightspace.cli import progress_bar
 from weightspace.config import fingerprint, to_dict
 from weightspace.errors import ConfigError
 from weightspace.mlp import MLPSpec
@@ -156,13 +156,12 @@ def generate(cfg: DictConfig) -> ZooSummary:
     mine = shards if job is None else [s for s in shards if s % n_jobs == int(job)]
     todo = [s for s in mine if not writer.shard_done(s)]
     n_todo = int(members["shard"].isin(todo).sum())
-    bar = tqdm(
+    bar = progress_bar(
         total=n_todo,
         unit="member",
         desc=f"zoo {zcfg.name}",
         smoothing=0.1,
         disable=not cfg.get("progress", True),
-        dynamic_ncols=True,
     )
     with bar:
         for s in todo:

@@ -43,8 +43,8 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from weightspace.cli import progress_bar
 from weightspace.mlp import ACTIVATIONS, MLPSpec, effective_params, forward
 
 __all__ = [
@@ -882,12 +882,11 @@ def merge_many(
         for p in range(max_iter):
             changed = False
             moved_count = 0
-            bar = tqdm(
+            bar = progress_bar(
                 total=m_total,
                 desc=f"MergeMany pass {p + 1}",
                 unit="member",
                 disable=not progress,
-                dynamic_ncols=True,
                 leave=False,
             )
             for m in rng.permutation(m_total):
