@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 import torch
 
+from weightspace.errors import ConfigError
 from weightspace.fastmlp import (
     HAND_ACTIVATIONS,
     AutogradBackprop,
@@ -172,23 +173,26 @@ def test_hand_and_autograd_training_agree(digits, sine, activation):
     ]
     for task, spec, h in cases:
         members = sample_population(h, 4, seed=3)
-        hand = train_population(task, spec, members, [1], backprop="hand")
-        auto = train_population(task, spec, members, [1], backprop="autograd")
+        hand = train_population(task, spec, members, [1], trainer="hand")
+        auto = train_population(task, spec, members, [1], trainer="autograd")
         _same_weights(hand, auto, rtol=1e-4, atol=1e-5)
+        fused = train_population(task, spec, members, [1], trainer="fused")
+        _same_weights(fused, hand, rtol=1e-4, atol=1e-5)
 
 
-def test_results_do_not_depend_on_blocks_or_threads(digits):
+@pytest.mark.parametrize("trainer", ["fused", "hand"])
+def test_results_do_not_depend_on_blocks_or_threads(digits, trainer):
     hp = {"lr": [0.05, 0.02], "momentum": [0.0, 0.9], "label_noise": [0.0, 0.1], "epochs": 2}
     members = sample_population(hp, 9, seed=5)
     spec = MLPSpec((64, 8, 10))
-    ref = train_population(digits, spec, members, [1])
+    ref = train_population(digits, spec, members, [1], trainer=trainer)
     for kw in ({"chunk": 4}, {"chunk": 1}, {"threads": 2}, {"threads": 3, "chunk": 2}):
-        got = train_population(digits, spec, members, [1], **kw)
+        got = train_population(digits, spec, members, [1], trainer=trainer, **kw)
         _same_weights(got, ref)
         pd.testing.assert_frame_equal(got.metrics, ref.metrics, check_exact=True)
 
 
-def test_unknown_backprop_is_refused(digits):
+def test_unknown_trainer_is_refused(digits):
     members = sample_population({"epochs": 1}, 2)
-    with pytest.raises(ValueError, match="backprop"):
-        train_population(digits, MLPSpec((64, 4, 10)), members, backprop="jax")
+    with pytest.raises(ConfigError, match="trainer: one of auto, fused, hand, autograd"):
+        train_population(digits, MLPSpec((64, 4, 10)), members, trainer="jax")

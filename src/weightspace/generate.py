@@ -27,7 +27,7 @@ from weightspace.errors import ConfigError
 from weightspace.mlp import MLPSpec
 from weightspace.population import STATIC_KEYS, sample_population
 from weightspace.tasks import Task, load_task, task_summary
-from weightspace.train import checkpoint_epochs, train_population
+from weightspace.train import checkpoint_epochs, choose_trainer, train_population
 from weightspace.zoo import Zoo, ZooWriter
 
 
@@ -126,6 +126,7 @@ def generate(cfg: DictConfig) -> ZooSummary:
     requested = list(zcfg.checkpoints or [])
     checkpoint_epochs(requested, 1)  # validate early
     device = resolve_device(str(cfg.get("device", "cpu")))
+    trainer = choose_trainer(spec, device, str(cfg.get("trainer", "auto")))
 
     job = zcfg.get("shard")
     n_jobs = 1 if zcfg.get("num_shards") is None else int(zcfg.num_shards)
@@ -142,6 +143,8 @@ def generate(cfg: DictConfig) -> ZooSummary:
         "model": resolved["model"],
         "zoo": {k: v for k, v in resolved["zoo"].items() if k not in local},
         "device": device.type,
+        # The fused kernel and the torch path agree to float rounding, not bit for bit.
+        "trainer": trainer,
     }
     writer = ZooWriter(
         zcfg.path,
@@ -179,6 +182,7 @@ def generate(cfg: DictConfig) -> ZooSummary:
                 requested,
                 device,
                 on_epoch=advance,
+                trainer=trainer,
             )
             writer.write_shard(
                 int(s),
@@ -220,6 +224,7 @@ def generate(cfg: DictConfig) -> ZooSummary:
         "layout": "each tensor is (members, checkpoints, *state_dict_shape)",
         "torch_version": torch.__version__,
         "device": device.type,
+        "trainer": trainer,
     }
     writer.finalize(members, manifest)
     zoo = Zoo.open(zcfg.path)

@@ -19,7 +19,9 @@ from then on, so it stays frozen at its last finite parameters and cannot affect
 
 from __future__ import annotations
 
+import functools
 import math
+import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -31,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from weightspace import fused
 from weightspace.errors import ConfigError
 from weightspace.fastmlp import (
     AutogradBackprop,
@@ -186,6 +189,7 @@ class PopulationResult:
     weights: dict[str, Tensor]  # name -> (M, n_checkpoints, ...), effective and trainable
     metrics: pd.DataFrame  # one row per member x checkpoint
     diverged_epoch: np.ndarray  # (M,) epoch in which the member diverged, -1 if never
+    trainer: str = "hand"  # which trainer ran: "fused", "hand" or "autograd"
 
 
 def checkpoint_epochs(requested: list[int] | None, epochs: int) -> list[int]:
@@ -341,6 +345,120 @@ class _BlockTrainer:
             cur = new
 
 
+class _TorchRun:
+    """The population on the torch path: blocks of members, each trained on a pool thread."""
+
+    def __init__(
+        self, spec, members, init, static, data, layout, make_grad_fn, diverged_epoch, n_threads
+    ):
+        device = next(iter(init.values())).device
+        self.layout, self.serial = layout, n_threads == 1
+        # Two parameter buffers: a step reads one and writes the other.
+        self.theta = [layout.pack(init, layout.new(device)), layout.new(device)]
+        self.cur = 0
+        opt = _FlatOptimizer(static["optimizer"], members, layout, device)
+        active = torch.ones(len(members), dtype=torch.bool, device=device)
+        self.trainers = [
+            _BlockTrainer(
+                j,
+                layout,
+                make_grad_fn(spec, layout, data.classification),
+                self.theta,
+                opt,
+                active,
+                diverged_epoch,
+                data,
+            )
+            for j in range(len(layout.blocks))
+        ]
+
+    def epoch(self, pool, epoch: int, order: Tensor, t: int, diverged_epoch: np.ndarray) -> None:
+        if self.serial:
+            for tr in self.trainers:
+                tr.epoch(epoch, order[tr.r], t)
+        else:
+            jobs = [pool.submit(tr.epoch, epoch, order[tr.r], t) for tr in self.trainers]
+            for job in jobs:
+                job.result()
+        bs = self.trainers[0].data.batch_size
+        self.cur = (t + -(-order.shape[1] // bs)) % 2
+
+    def params(self) -> dict[str, Tensor]:
+        return self.layout.unpack(self.theta[self.cur])
+
+
+TRAINERS = ("auto", "fused", "hand", "autograd")
+
+
+def choose_trainer(spec: MLPSpec, device: str | torch.device, trainer: str = "auto") -> str:
+    """The trainer that ``trainer`` resolves to for this spec and device.
+
+    ``"auto"``: the fused kernel (:mod:`weightspace.fused`) where it applies and builds,
+    else the hand-written backward where it applies, else autograd. Asking for ``"fused"``
+    where it cannot run is an error naming the reason.
+    """
+    if trainer not in TRAINERS:
+        raise ConfigError(f"trainer: one of {', '.join(TRAINERS)}, got {trainer!r}")
+    device = torch.device(device)
+    if trainer in ("auto", "fused"):
+        why = fused.supported(spec, device)
+        if why is None:
+            why = fused.unavailable_reason()
+            if why is not None and trainer == "auto":
+                _warn_once(f"fused trainer unavailable ({why}); training with the torch path")
+        if why is None:
+            return "fused"
+        if trainer == "fused":
+            raise ConfigError(f"trainer: 'fused' cannot run here: {why}")
+        return "hand" if hand_supported(spec) else "autograd"
+    if trainer == "hand" and not hand_supported(spec):
+        raise ConfigError("trainer: 'hand' does not cover weight normalization; use autograd")
+    return trainer
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+class _FusedRun:
+    """The population on the fused kernel: members split into parts, one per pool job."""
+
+    def __init__(self, spec, members, init, static, data: _Data, n_threads: int):
+        self.pop = fused.FusedPopulation(
+            spec,
+            init,
+            static["optimizer"],
+            members["lr"].to_numpy(),
+            members["momentum"].to_numpy(),
+            members["weight_decay"].to_numpy(),
+        )
+        self.data = data
+        n = len(members)
+        # Parts of at most 64 members: a member that diverges early makes its part short,
+        # and the pool hands the next part to whichever thread is free.
+        self.parts = _chunks(n, min(64, -(-n // n_threads)))
+        if data.classification:
+            self.targets = data.labels if data.labels is not None else data.y
+        else:
+            self.targets = data.y
+
+    def epoch(self, pool, epoch: int, order: Tensor, t: int, diverged_epoch: np.ndarray) -> None:
+        before = self.pop.active.clone()
+        order = order[:1] if self.data.shared else order
+
+        def run(r: slice) -> None:
+            self.pop.epoch(self.data.x_rows, self.targets, order, self.data.batch_size, t, r)
+
+        for _ in pool.map(run, self.parts):
+            pass
+        newly = (before & ~self.pop.active).numpy()
+        diverged_epoch[newly & (diverged_epoch < 0)] = epoch
+
+    def params(self) -> dict[str, Tensor]:
+        return self.pop.tensors()
+
+
 def train_population(
     task: Task,
     spec: MLPSpec,
@@ -349,29 +467,30 @@ def train_population(
     device: str | torch.device = "cpu",
     on_epoch: Callable[[int], None] | None = None,
     *,
-    backprop: str = "auto",
+    trainer: str = "auto",
     chunk: int = CHUNK,
     threads: int | None = None,
 ) -> PopulationResult:
     """Train the members (rows of a population table sharing the static keys) together.
 
     ``spec.activation`` is replaced by the members' own. ``on_epoch(e)`` is called after each
-    epoch, for progress bars. ``backprop``: ``"hand"`` (the written-out backward of
-    :mod:`weightspace.fastmlp`), ``"autograd"``, or ``"auto"`` (hand where it applies).
+    epoch, for progress bars. ``trainer`` picks how (:func:`choose_trainer`):
+    ``"fused"`` (the C++ kernel of :mod:`weightspace.fused`, CPU), ``"hand"`` (the
+    written-out backward of :mod:`weightspace.fastmlp`), ``"autograd"``, or ``"auto"``.
 
-    Members train in blocks of at most ``chunk``, ``threads`` blocks at once (default:
-    ``torch.get_num_threads()``), each block on one thread: independent blocks need no
-    synchronization, where intra-op threads synchronize at every operation (and spin-wait
-    for a busy core). Results do not depend on ``chunk`` or ``threads``.
+    Members train in blocks of at most ``chunk`` (fused: parts of at most 64), ``threads``
+    blocks at once (default: ``torch.get_num_threads()``), each block on one thread:
+    independent blocks need no synchronization, where intra-op threads synchronize at every
+    operation (and spin-wait for a busy core). Results do not depend on ``chunk`` or
+    ``threads``.
     """
     static = _static(members)
     spec = MLPSpec(spec.widths, static["activation"], spec.bias, spec.weight_norm)
     device = torch.device(device)
     n_members, epochs, bs = len(members), int(static["epochs"]), int(static["batch_size"])
     keep = checkpoint_epochs(checkpoints, epochs)
-    if backprop not in ("auto", "hand", "autograd"):
-        raise ValueError(f"backprop: 'auto', 'hand' or 'autograd', got {backprop!r}")
-    hand = hand_supported(spec) if backprop == "auto" else backprop == "hand"
+    trainer = choose_trainer(spec, device, trainer)
+    hand = trainer == "hand"
     n_threads = max(1, min(threads or torch.get_num_threads(), n_members))
     if device.type != "cpu":
         n_threads = 1  # a GPU stream is parallel already
@@ -379,10 +498,7 @@ def train_population(
     blocks = _chunks(n_members, min(chunk, -(-n_members // n_threads)))
     layout = FlatLayout(spec, blocks, fold=hand)
     make_grad_fn = HandBackprop if hand else AutogradBackprop
-    # Two parameter buffers: a step reads one and writes the other.
     init = {k: v.to(device) for k, v in init_population(spec, members).items()}
-    theta = [layout.pack(init, layout.new(device)), layout.new(device)]
-    opt = _FlatOptimizer(static["optimizer"], members, layout, device)
 
     x_train, y_train = task.x_train.to(device), task.y_train.to(device)
     x_test, y_test = task.x_test.to(device), task.y_test.to(device)
@@ -398,7 +514,7 @@ def train_population(
     elif (noise > 0).any():
         raise ConfigError("zoo.hparams.label_noise: only classification tasks have labels")
     data = _Data(
-        make_grad_fn.inputs(spec, x_train),
+        x_train if trainer == "fused" else make_grad_fn.inputs(spec, x_train),
         y_train,
         labels,
         task.is_classification,
@@ -408,26 +524,18 @@ def train_population(
         batch_size=bs,
     )
 
-    active = torch.ones(n_members, dtype=torch.bool, device=device)
     diverged_epoch = np.full(n_members, -1, dtype=np.int64)
-    trainers = [
-        _BlockTrainer(
-            j,
-            layout,
-            make_grad_fn(spec, layout, task.is_classification),
-            theta,
-            opt,
-            active,
-            diverged_epoch,
-            data,
+    if trainer == "fused":
+        run = _FusedRun(spec, members, init, static, data, n_threads)
+    else:
+        run = _TorchRun(
+            spec, members, init, static, data, layout, make_grad_fn, diverged_epoch, n_threads
         )
-        for j in range(len(blocks))
-    ]
     snapshots: list[dict[str, Tensor]] = []
     rows: list[pd.DataFrame] = []
 
-    def checkpoint(epoch: int, cur: int) -> None:
-        params = layout.unpack(theta[cur])
+    def checkpoint(epoch: int) -> None:
+        params = run.params()
         eff = effective_params(params, spec)
         snapshots.append(
             {
@@ -481,25 +589,20 @@ def train_population(
             torch.set_num_threads(1)
         try:
             next_order = prefetch.submit(epoch_order, 1)
-            checkpoint(0, 0)
+            checkpoint(0)
             for epoch in range(1, epochs + 1):
                 order = next_order.result()
                 if epoch < epochs:
                     next_order = prefetch.submit(epoch_order, epoch + 1)
                 t = (epoch - 1) * steps_per_epoch
-                if n_threads == 1:
-                    for tr in trainers:
-                        tr.epoch(epoch, order[tr.r], t)
-                else:
-                    jobs = [pool.submit(tr.epoch, epoch, order[tr.r], t) for tr in trainers]
-                    for job in jobs:
-                        job.result()
+                run.epoch(pool, epoch, order, t, diverged_epoch)
                 if epoch in keep:
-                    checkpoint(epoch, (t + steps_per_epoch) % 2)
+                    checkpoint(epoch)
                 if on_epoch is not None:
                     on_epoch(epoch)
         finally:
             torch.set_num_threads(threads_before)
 
     weights = {k: torch.stack([s[k] for s in snapshots], dim=1) for k in snapshots[0]}
-    return PopulationResult(keep, weights, pd.concat(rows, ignore_index=True), diverged_epoch)
+    metrics = pd.concat(rows, ignore_index=True)
+    return PopulationResult(keep, weights, metrics, diverged_epoch, trainer)

@@ -1,0 +1,405 @@
+// One epoch of minibatch training for a range of MLPs, each member's whole epoch in cache.
+//
+// Built and loaded by weightspace/fused.py (a plain shared library called through ctypes,
+// which releases the GIL: members are split across Python worker threads). The numbers are
+// those of weightspace.train's torch path: forward, softmax cross-entropy (or squared error)
+// averaged over the batch, the hand-written backward, and torch.optim.SGD (momentum, L2
+// decay added to the gradient) or torch.optim.Adam updates, per-member lr / momentum / decay.
+//
+// Layout of one member's P floats: for every layer, its weight input-major, (in, outp), with
+// the outputs padded with zero columns to outp, a multiple of 16 (one AVX-512 vector), then
+// its bias (outp) when the MLP has biases. Padding stays exactly zero through training: its
+// gradient is zero (the products skip padded inputs, and the transposed copies used by the
+// backward have zero padding), so every optimizer leaves it at zero.
+//
+// Products are register-blocked: RB rows of the left operand at a time, 16 or 32 output
+// columns on the vector axis, every inner loop a broadcast multiply-add the compiler
+// vectorizes (build with -O3 -march=native -ffp-contract=fast -fopenmp-simd).
+//
+// Divergence: a member whose batch loss or new parameters are not finite is marked inactive
+// and keeps its last finite parameters (the update goes to a second buffer first).
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+#if defined(__SSE__) || defined(__x86_64__)
+#include <xmmintrin.h>
+#include <pmmintrin.h>
+#define WS_HAVE_MXCSR 1
+#endif
+
+namespace {
+
+constexpr int RB = 8;  // rows per register block
+constexpr float LEAKY_SLOPE = 0.01f;
+constexpr float ADAM_B1 = 0.9f, ADAM_B2 = 0.999f, ADAM_EPS = 1e-8f;
+
+enum Act : int32_t { RELU = 0, TANH = 1, GELU = 2, SIGMOID = 3, LEAKY = 4, IDENTITY = 5 };
+
+// Subnormals as zero while training, as weightspace.train's torch path (flush_denormals);
+// the thread's previous mode is restored on the way out.
+struct FlushDenormals {
+#ifdef WS_HAVE_MXCSR
+  unsigned int csr = _mm_getcsr();
+  FlushDenormals() {
+    _MM_SET_FLUSH_ZERO_MODE(_MM_FLUSH_ZERO_ON);
+    _MM_SET_DENORMALS_ZERO_MODE(_MM_DENORMALS_ZERO_ON);
+  }
+  ~FlushDenormals() { _mm_setcsr(csr); }
+#endif
+};
+
+struct BadInput {
+  int code;
+};
+
+struct Layer {
+  int64_t in, out, outp, w, b;  // widths, padded output width, offsets of weight and bias
+};
+
+// C[r, n0:n0+NT] = bias + sum_k A[r, k] * Bm[k, n0:n0+NT] for RB rows starting at r0.
+template <int R, int NT>
+inline void mm_block(const float* A, int64_t lda, int64_t K, const float* Bm, int64_t ldb,
+                     const float* bias, float* C, int64_t ldc, int64_t r0, int64_t n0) {
+  float acc[R][NT];
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < NT; ++j) acc[r][j] = bias ? bias[n0 + j] : 0.f;
+  const float* a0 = A + r0 * lda;
+  for (int64_t k = 0; k < K; ++k) {
+    const float* br = Bm + k * ldb + n0;
+    for (int r = 0; r < R; ++r) {
+      const float a = a0[r * lda + k];
+#pragma omp simd
+      for (int j = 0; j < NT; ++j) acc[r][j] += a * br[j];
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < NT; ++j) C[(r0 + r) * ldc + n0 + j] = acc[r][j];
+}
+
+// C (R, N) = A (R, K) @ Bm (K, N) (+ bias); R a multiple of RB, N of 16.
+void mm(const float* A, int64_t lda, int64_t R, int64_t K, const float* Bm, int64_t ldb,
+        int64_t N, const float* bias, float* C, int64_t ldc) {
+  for (int64_t r0 = 0; r0 < R; r0 += RB) {
+    int64_t n0 = 0;
+    for (; n0 + 32 <= N; n0 += 32) mm_block<RB, 32>(A, lda, K, Bm, ldb, bias, C, ldc, r0, n0);
+    if (n0 < N) mm_block<RB, 16>(A, lda, K, Bm, ldb, bias, C, ldc, r0, n0);
+  }
+}
+
+// C[i0:i0+R, n0:n0+NT] = sum_{b < K} A[b, i] * D[b, n0:n0+NT].
+template <int R, int NT>
+inline void mmtn_block(const float* A, int64_t lda, int64_t K, const float* D, int64_t ldd,
+                       float* C, int64_t ldc, int64_t i0, int64_t n0) {
+  float acc[R][NT] = {};
+  for (int64_t b = 0; b < K; ++b) {
+    const float* dr = D + b * ldd + n0;
+    const float* ar = A + b * lda + i0;
+    for (int r = 0; r < R; ++r) {
+      const float a = ar[r];
+#pragma omp simd
+      for (int j = 0; j < NT; ++j) acc[r][j] += a * dr[j];
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < NT; ++j) C[(i0 + r) * ldc + n0 + j] = acc[r][j];
+}
+
+template <int R>
+inline void mmtn_rows(const float* A, int64_t lda, int64_t K, const float* D, int64_t ldd,
+                      int64_t N, float* C, int64_t ldc, int64_t i0) {
+  int64_t n0 = 0;
+  for (; n0 + 32 <= N; n0 += 32) mmtn_block<R, 32>(A, lda, K, D, ldd, C, ldc, i0, n0);
+  if (n0 < N) mmtn_block<R, 16>(A, lda, K, D, ldd, C, ldc, i0, n0);
+}
+
+// C (I, N) = A[:K, :I]^T @ D[:K, :N]; N a multiple of 16, any I.
+void mm_tn(const float* A, int64_t lda, int64_t K, int64_t I, const float* D, int64_t ldd,
+           int64_t N, float* C, int64_t ldc) {
+  int64_t i0 = 0;
+  for (; i0 + RB <= I; i0 += RB) mmtn_rows<RB>(A, lda, K, D, ldd, N, C, ldc, i0);
+  for (; i0 + 2 <= I; i0 += 2) mmtn_rows<2>(A, lda, K, D, ldd, N, C, ldc, i0);
+  for (; i0 < I; ++i0) mmtn_rows<1>(A, lda, K, D, ldd, N, C, ldc, i0);
+}
+
+// Elementwise activation and its derivative, the formulas of torch's CPU kernels.
+inline float act_fwd(int32_t act, float z) {
+  switch (act) {
+    case RELU: return z > 0.f ? z : 0.f;
+    case TANH: return std::tanh(z);
+    case GELU: return 0.5f * z * (1.f + std::erf(z * float(M_SQRT1_2)));
+    case SIGMOID: return 1.f / (1.f + std::exp(-z));
+    case LEAKY: return z > 0.f ? z : z * LEAKY_SLOPE;
+    default: return z;
+  }
+}
+
+void activate(int32_t act, const float* z, float* a, int64_t n) {
+  switch (act) {
+    case RELU:
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) a[i] = z[i] > 0.f ? z[i] : 0.f;
+      break;
+    case LEAKY:
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) a[i] = z[i] > 0.f ? z[i] : z[i] * LEAKY_SLOPE;
+      break;
+    case IDENTITY: std::memcpy(a, z, n * sizeof(float)); break;
+    default:
+      for (int64_t i = 0; i < n; ++i) a[i] = act_fwd(act, z[i]);
+  }
+}
+
+// d *= act'(z) (a = act(z))
+void act_backward(int32_t act, const float* z, const float* a, float* d, int64_t n) {
+  switch (act) {
+    case RELU:
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) d[i] = a[i] > 0.f ? d[i] : 0.f;
+      break;
+    case LEAKY:
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) d[i] = z[i] > 0.f ? d[i] : d[i] * LEAKY_SLOPE;
+      break;
+    case TANH:
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) d[i] *= 1.f - a[i] * a[i];
+      break;
+    case SIGMOID:
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) d[i] *= (1.f - a[i]) * a[i];
+      break;
+    case GELU: {
+      const float beta = float(M_2_SQRTPI * M_SQRT1_2 * 0.5);
+      for (int64_t i = 0; i < n; ++i) {
+        const float x = z[i];
+        const float cdf = 0.5f * (1.f + std::erf(x * float(M_SQRT1_2)));
+        const float pdf = beta * std::exp(-0.5f * x * x);
+        d[i] *= cdf + x * pdf;
+      }
+      break;
+    }
+    default: break;
+  }
+}
+
+struct Config {
+  const float* x;
+  int64_t n_rows, n_in;
+  const int64_t* labels;  // classification: labels[member * labels_stride + example]
+  int64_t labels_stride;
+  const float* targets;  // regression: (N, out)
+  const int64_t* order;
+  int64_t order_stride, n_seen, batch;
+  int32_t act, classification, adam;
+  int64_t t0;  // optimizer steps taken before this epoch
+  std::vector<Layer> layers;
+  int64_t P;
+};
+
+// Per-thread scratch, sized once.
+struct Work {
+  std::vector<float> x, p0, p1, g, wt, da, dz;
+  std::vector<std::vector<float>> z, a;
+  Work(const Config& c, int64_t bp) {
+    const int64_t L = c.layers.size();
+    int64_t widest = 16;
+    for (const Layer& l : c.layers) widest = std::max(widest, l.outp);
+    x.assign(bp * c.n_in, 0.f);
+    p0.assign(c.P, 0.f), p1.assign(c.P, 0.f), g.assign(c.P, 0.f);
+    wt.assign(widest * widest, 0.f), da.assign(bp * widest, 0.f), dz.assign(bp * widest, 0.f);
+    z.resize(L), a.resize(L);
+    for (int64_t l = 0; l < L; ++l) {
+      z[l].assign(bp * c.layers[l].outp, 0.f);
+      if (l + 1 < L) a[l].assign(bp * c.layers[l].outp, 0.f);
+    }
+  }
+};
+
+// Loss of the batch and its gradient wrt the last layer's output, into dz (bp, outp).
+float loss_grad(const Config& c, const float* out, int64_t bsz, int64_t bp, const Layer& last,
+                const int64_t* idx, const int64_t* labels, float* dz) {
+  const int64_t C = last.out, CP = last.outp;
+  std::fill(dz, dz + bp * CP, 0.f);
+  float loss = 0.f;
+  const float inv = 1.f / float(bsz);
+  for (int64_t b = 0; b < bsz; ++b) {
+    const float* o = out + b * CP;
+    float* d = dz + b * CP;
+    if (c.classification) {
+      float mx = o[0];
+      bool nan = std::isnan(o[0]);
+      for (int64_t k = 1; k < C; ++k) mx = std::max(mx, o[k]), nan |= std::isnan(o[k]);
+      float s = 0.f;
+      for (int64_t k = 0; k < C; ++k) s += (d[k] = std::exp(o[k] - mx));
+      const int64_t t = labels[idx[b]];
+      if (t < 0 || t >= C) throw BadInput{-3};
+      loss += std::log(s) - (o[t] - mx);
+      if (nan) loss = NAN;
+      const float r = inv / s;
+      for (int64_t k = 0; k < C; ++k) d[k] *= r;
+      d[t] -= inv;
+    } else {
+      const float* y = c.targets + idx[b] * C;
+      const float scale = 2.f * inv / float(C);
+      for (int64_t k = 0; k < C; ++k) {
+        const float e = o[k] - y[k];
+        loss += e * e / float(C);
+        d[k] = scale * e;
+      }
+    }
+  }
+  return loss * inv;
+}
+
+// new = step(p); returns the sum of new (finite iff every entry is, or it overflows).
+float update(const Config& c, const float* p, float* q, const float* g, float* s1, float* s2,
+             float lr, float mom, float wd, int64_t t) {
+  const int64_t P = c.P;
+  float sum = 0.f;
+  if (!c.adam) {
+#pragma omp simd reduction(+ : sum)
+    for (int64_t i = 0; i < P; ++i) {
+      const float gi = g[i] + wd * p[i];
+      const float buf = mom * s1[i] + gi;
+      s1[i] = buf;
+      q[i] = p[i] + (-lr) * buf;
+      sum += q[i];
+    }
+  } else {
+    const float bc1 = 1.f - std::pow(ADAM_B1, float(t));
+    const float bc2_sqrt = std::sqrt(1.f - std::pow(ADAM_B2, float(t)));
+    const float step = -lr / bc1;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t i = 0; i < P; ++i) {
+      const float gi = g[i] + wd * p[i];
+      const float m = s1[i] + (1.f - ADAM_B1) * (gi - s1[i]);
+      const float v = s2[i] * ADAM_B2 + (1.f - ADAM_B2) * gi * gi;
+      s1[i] = m, s2[i] = v;
+      const float denom = std::sqrt(v) / bc2_sqrt + ADAM_EPS;
+      q[i] = p[i] + step * (m / denom);
+      sum += q[i];
+    }
+  }
+  return sum;
+}
+
+// One member's epoch; returns false when it diverged (params then hold its last finite ones).
+bool member_epoch(const Config& c, Work& w, int64_t m, float* params, float* s1, float* s2,
+                  float lr, float mom, float wd) {
+  const int64_t L = c.layers.size(), I = c.n_in;
+  const int64_t* order = c.order + m * c.order_stride;
+  const int64_t* labels = c.labels ? c.labels + m * c.labels_stride : nullptr;
+  float* cur = w.p0.data();
+  float* nxt = w.p1.data();
+  std::memcpy(cur, params, c.P * sizeof(float));
+  bool ok = true;
+  int64_t t = c.t0;
+  for (int64_t start = 0; start < c.n_seen; start += c.batch) {
+    const int64_t bsz = std::min(c.batch, c.n_seen - start);
+    const int64_t bp = (bsz + RB - 1) / RB * RB;
+    const int64_t* idx = order + start;
+    for (int64_t b = 0; b < bsz; ++b) {
+      if (idx[b] < 0 || idx[b] >= c.n_rows) throw BadInput{-2};
+      std::memcpy(w.x.data() + b * I, c.x + idx[b] * I, I * sizeof(float));
+    }
+    if (bp > bsz) std::fill(w.x.data() + bsz * I, w.x.data() + bp * I, 0.f);
+    // forward
+    const float* in = w.x.data();
+    int64_t ld = I;
+    for (int64_t l = 0; l < L; ++l) {
+      const Layer& ly = c.layers[l];
+      mm(in, ld, bp, ly.in, cur + ly.w, ly.outp, ly.outp, ly.b >= 0 ? cur + ly.b : nullptr,
+         w.z[l].data(), ly.outp);
+      if (l + 1 < L) {
+        activate(c.act, w.z[l].data(), w.a[l].data(), bp * ly.outp);
+        in = w.a[l].data(), ld = ly.outp;
+      }
+    }
+    const Layer& last = c.layers[L - 1];
+    const float loss = loss_grad(c, w.z[L - 1].data(), bsz, bp, last, idx, labels, w.dz.data());
+    if (!std::isfinite(loss)) {
+      ok = false;
+      break;
+    }
+    // backward: dz holds the gradient wrt layer l's pre-activation, (bp, outp_l)
+    for (int64_t l = L - 1; l >= 0; --l) {
+      const Layer& ly = c.layers[l];
+      const float* a_in = l > 0 ? w.a[l - 1].data() : w.x.data();
+      const int64_t lda = l > 0 ? c.layers[l - 1].outp : I;
+      mm_tn(a_in, lda, bsz, ly.in, w.dz.data(), ly.outp, ly.outp, w.g.data() + ly.w, ly.outp);
+      if (ly.b >= 0) {
+        float* gb = w.g.data() + ly.b;
+        std::fill(gb, gb + ly.outp, 0.f);
+        for (int64_t b = 0; b < bsz; ++b) {
+          const float* d = w.dz.data() + b * ly.outp;
+#pragma omp simd
+          for (int64_t j = 0; j < ly.outp; ++j) gb[j] += d[j];
+        }
+      }
+      if (l == 0) break;
+      // da (bp, outp_{l-1}) = dz (bp, out_l) @ W_l^T, through a transposed copy with zero
+      // padding: wt (out_l, outp_{l-1})
+      const int64_t np = c.layers[l - 1].outp;
+      const float* W = cur + ly.w;
+      for (int64_t o = 0; o < ly.out; ++o) {
+        float* row = w.wt.data() + o * np;
+        for (int64_t i = 0; i < ly.in; ++i) row[i] = W[i * ly.outp + o];
+        std::fill(row + ly.in, row + np, 0.f);
+      }
+      mm(w.dz.data(), ly.outp, bp, ly.out, w.wt.data(), np, np, nullptr, w.da.data(), np);
+      act_backward(c.act, w.z[l - 1].data(), w.a[l - 1].data(), w.da.data(), bp * np);
+      std::swap(w.da, w.dz);
+    }
+    ++t;
+    const float sum = update(c, cur, nxt, w.g.data(), s1, s2, lr, mom, wd, t);
+    if (!std::isfinite(sum)) {
+      ok = false;
+      break;
+    }
+    std::swap(cur, nxt);
+  }
+  std::memcpy(params, cur, c.P * sizeof(float));
+  return ok;
+}
+
+}  // namespace
+
+extern "C" {
+
+int ws_abi_version() { return 2; }
+
+// Train members [m0, m1) for one epoch. Returns 0; -1 on an allocation failure, -2 for a row
+// index outside x, -3 for a label outside the classes (that member's epoch is cut short).
+// meta: n_layers rows of (in, out, outp, weight offset, bias offset or -1).
+int ws_train_epoch(const float* x, int64_t n_rows, int64_t n_in, const int64_t* labels, int64_t labels_stride,
+                   const float* targets, const int64_t* order, int64_t order_stride,
+                   int64_t n_seen, int64_t batch, float* params, float* s1, float* s2,
+                   int64_t P, const float* lr, const float* mom, const float* wd,
+                   uint8_t* active, const int64_t* meta, int64_t n_layers, int32_t act,
+                   int32_t classification, int32_t adam, int64_t t0, int64_t m0, int64_t m1) {
+  try {
+    Config c{x, n_rows, n_in, labels, labels_stride, targets, order, order_stride, n_seen, batch,
+             act, classification, adam, t0, {}, P};
+    for (int64_t l = 0; l < n_layers; ++l) {
+      const int64_t* r = meta + 5 * l;
+      c.layers.push_back(Layer{r[0], r[1], r[2], r[3], r[4]});
+    }
+    FlushDenormals ftz;
+    Work w(c, (batch + RB - 1) / RB * RB);
+    for (int64_t m = m0; m < m1; ++m) {
+      if (!active[m]) continue;
+      float* st2 = adam ? s2 + m * P : nullptr;
+      if (!member_epoch(c, w, m, params + m * P, s1 + m * P, st2, lr[m], mom[m], wd[m]))
+        active[m] = 0;
+    }
+    return 0;
+  } catch (const BadInput& e) {
+    return e.code;
+  } catch (...) {
+    return -1;
+  }
+}
+
+}  // extern "C"

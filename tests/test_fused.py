@@ -1,0 +1,119 @@
+"""The fused CPU trainer: its layout, its padding, its errors and the fallback to torch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from weightspace import fused
+from weightspace.errors import ConfigError
+from weightspace.init import init_population
+from weightspace.mlp import MLPSpec
+from weightspace.population import sample_population
+from weightspace.train import choose_trainer, member_epoch_order, train_population
+
+
+@pytest.fixture
+def no_compiler(monkeypatch, tmp_path):
+    """A machine where the kernel cannot be built (and no cached build to fall back on)."""
+    monkeypatch.setenv("CXX", "/nonexistent/c++")
+    monkeypatch.setenv("WEIGHTSPACE_CACHE", str(tmp_path / "cache"))
+    fused.library.cache_clear()
+    yield
+    fused.library.cache_clear()
+
+
+def _population(spec, n, optimizer="sgd", seed=0):
+    members = sample_population({"seed": list(range(n))}, n, seed=seed)
+    lr = np.full(n, 0.05)
+    return members, fused.FusedPopulation(
+        spec,
+        init_population(spec, members),
+        optimizer,
+        lr,
+        np.full(n, 0.9),
+        np.full(n, 1e-3),
+    )
+
+
+def test_layout_round_trip_and_padding():
+    spec = MLPSpec((5, 20, 3))
+    members, pop = _population(spec, 3)
+    init = init_population(spec, members)
+    (i0, o0, p0, w0, b0), (i1, o1, p1, w1, b1) = pop.layout.layers
+    assert (p0, p1) == (32, 16)  # outputs padded to a multiple of 16
+    assert pop.layout.size == 5 * 32 + 32 + 20 * 16 + 16
+    back = pop.tensors()
+    assert back.keys() == init.keys()
+    for k in init:
+        assert torch.equal(back[k], init[k]), k
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_padding_stays_zero_through_training(digits, optimizer):
+    """Padded weights and biases get no gradient, so no optimizer ever moves them."""
+    spec = MLPSpec((64, 20, 10), "sigmoid")  # sigmoid(0) = 0.5: padded units are not 0
+    members, pop = _population(spec, 4, optimizer)
+    start = pop.params.clone()
+    order = torch.stack([torch.from_numpy(member_epoch_order(s, 1437, 1.0, 1)) for s in range(4)])
+    x, y = digits.x_train, digits.y_train
+    pop.epoch(x, y, order, 32, 0, slice(0, 4))
+    mask = torch.ones(pop.layout.size, dtype=torch.bool)
+    for i, o, op, w, b in pop.layout.layers:
+        mask[w : w + i * op].view(i, op)[:, :o] = False
+        mask[b : b + o] = False
+    assert pop.active.all()
+    assert (pop.params[:, mask] == 0).all()
+    assert (pop.params[:, ~mask] != start[:, ~mask]).float().mean() > 0.9  # the rest trained
+
+
+def test_bad_indices_are_refused(digits):
+    spec = MLPSpec((64, 8, 10))
+    _, pop = _population(spec, 2)
+    bad_order = torch.full((2, 32), len(digits.x_train))
+    with pytest.raises(IndexError, match="row index outside"):
+        pop.epoch(digits.x_train, digits.y_train, bad_order, 32, 0, slice(0, 2))
+    bad_labels = torch.full_like(digits.y_train, 10)
+    order = torch.arange(32).expand(2, 32)
+    with pytest.raises(IndexError, match="class index"):
+        pop.epoch(digits.x_train, bad_labels, order, 32, 0, slice(0, 2))
+
+
+def test_choose_trainer():
+    assert choose_trainer(MLPSpec((4, 8, 2)), "cpu") == "fused"
+    assert choose_trainer(MLPSpec((4, 8, 2)), "cpu", "hand") == "hand"
+    wn = MLPSpec((4, 8, 2), weight_norm=True)
+    assert choose_trainer(wn, "cpu") == "autograd"
+    with pytest.raises(ConfigError, match="trainer: 'fused' cannot run here: weight norm"):
+        choose_trainer(wn, "cpu", "fused")
+    with pytest.raises(ConfigError, match="trainer: 'hand' does not cover weight norm"):
+        choose_trainer(wn, "cpu", "hand")
+    with pytest.raises(ConfigError, match="CPU only"):
+        choose_trainer(MLPSpec((4, 8, 2)), "meta", "fused")
+
+
+def test_without_a_compiler_auto_falls_back_to_torch(digits, no_compiler):
+    spec = MLPSpec((64, 8, 10))
+    with pytest.raises(ConfigError, match="trainer: 'fused' cannot run here: .*CXX"):
+        choose_trainer(spec, "cpu", "fused")
+    members = sample_population({"epochs": 1}, 2)
+    with pytest.warns(RuntimeWarning, match="fused trainer unavailable"):
+        result = train_population(digits, spec, members, [1])
+    assert result.trainer == "hand"
+    assert (result.metrics["train_acc"][result.metrics["epoch"] == 1] > 0.5).all()
+
+
+def test_kernel_is_built_once_into_the_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("WEIGHTSPACE_CACHE", str(tmp_path))
+    fused.library.cache_clear()
+    try:
+        fused.library()
+        built = list((tmp_path / "kernels").iterdir())
+        assert len(built) == 1 and built[0].suffix == ".so"
+        stamp = built[0].stat().st_mtime_ns
+        fused.library.cache_clear()
+        fused.library()  # a new process would find it: no rebuild
+        assert [p.stat().st_mtime_ns for p in (tmp_path / "kernels").iterdir()] == [stamp]
+    finally:
+        fused.library.cache_clear()
