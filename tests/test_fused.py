@@ -11,7 +11,13 @@ from weightspace.errors import ConfigError
 from weightspace.init import init_population
 from weightspace.mlp import MLPSpec
 from weightspace.population import sample_population
-from weightspace.train import choose_trainer, member_epoch_order, train_population
+from weightspace.train import (
+    choose_trainer,
+    member_epoch_order,
+    member_subset,
+    shuffled,
+    train_population,
+)
 
 
 @pytest.fixture
@@ -66,6 +72,35 @@ def test_padding_stays_zero_through_training(digits, optimizer):
     assert pop.active.all()
     assert (pop.params[:, mask] == 0).all()
     assert (pop.params[:, ~mask] != start[:, ~mask]).float().mean() > 0.9  # the rest trained
+
+
+def test_kernel_shuffles_as_the_reference():
+    """The kernel's in-place data order is weightspace.train.shuffled, number for number."""
+    seeds = np.array([0, 1, 7, -3, 2**62 + 5, 7], dtype=np.int64)
+    subsets = np.stack([member_subset(i, 300, 0.4) for i in range(len(seeds))])
+    for base in (subsets, np.arange(300)[None]):
+        for epoch in (1, 2, 50):
+            got = fused.shuffle(torch.from_numpy(base), torch.from_numpy(seeds), epoch).numpy()
+            np.testing.assert_array_equal(got, shuffled(base, seeds, epoch))
+    # members with the same seed and examples get the same order, each epoch a new one
+    assert np.array_equal(got[2], got[5]) and not np.array_equal(got[1], got[2])
+    assert not np.array_equal(got[0], fused.shuffle(torch.arange(300)[None], torch.zeros(1), 49)[0])
+
+
+def test_kernel_trains_on_its_own_shuffle(digits):
+    """Shuffling in the kernel trains exactly as passing the shuffled orders in."""
+    spec = MLPSpec((64, 12, 10))
+    seeds = torch.arange(4) * 11
+    base = torch.arange(len(digits.x_train))[None]
+    _, a = _population(spec, 4)
+    _, b = _population(spec, 4)
+    x, y = digits.x_train, digits.y_train
+    for epoch in (1, 2):
+        t0 = (epoch - 1) * 45
+        a.epoch(x, y, base, 32, t0, slice(0, 4), seeds, epoch)
+        order = torch.from_numpy(shuffled(base.numpy(), seeds.numpy(), epoch))
+        b.epoch(x, y, order, 32, t0, slice(0, 4))
+    assert torch.equal(a.params, b.params)
 
 
 def test_bad_indices_are_refused(digits):

@@ -17,6 +17,7 @@ from weightspace.train import (
     member_epoch_order,
     member_labels,
     member_subset,
+    shuffled,
     train_population,
 )
 
@@ -176,6 +177,17 @@ def test_population_matches_plain_pytorch(digits, hparams):
         assert members["momentum"].nunique() > 1
     spec = MLPSpec((64, 16, 10))
     _check_against_plain_pytorch(digits, spec, members, [1])
+
+
+def test_shuffle_is_uniform():
+    """Every element lands in every position about equally often (Fisher-Yates, unbiased)."""
+    n, draws = 6, 6000
+    orders = shuffled(np.arange(n)[None], np.arange(draws), epoch=1)  # (draws, n)
+    counts = np.stack([(orders == v).sum(0) for v in range(n)])  # value x position
+    expected = draws / n
+    chi2 = ((counts - expected) ** 2 / expected).sum()
+    assert chi2 < 70, chi2  # 25 degrees of freedom: p < 1e-5 above 70
+    assert len({tuple(o) for o in orders}) > 700  # most of the 720 permutations occur
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])

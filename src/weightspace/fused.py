@@ -42,7 +42,7 @@ SOURCE = Path(__file__).with_name("csrc") / "fused_mlp.cpp"
 FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp-simd", "-std=c++17"]
 PAD = 16  # output widths are padded to a multiple of this (one AVX-512 vector)
 ACT_CODES = {"relu": 0, "tanh": 1, "gelu": 2, "sigmoid": 3, "leaky_relu": 4, "identity": 5}
-ABI_VERSION = 2
+ABI_VERSION = 3
 
 
 class FusedUnavailable(RuntimeError):
@@ -113,11 +113,27 @@ def library() -> ctypes.CDLL:
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
     lib.ws_train_epoch.restype = ctypes.c_int
     lib.ws_train_epoch.argtypes = [
-        p, i64, i64, p, i64, p, p, i64, i64, i64,  # data, order, batch
+        p, i64, i64, p, i64, p, p, i64, i64, i64, p, i64,  # data, order, batch, shuffle
         p, p, p, i64, p, p, p, p,  # params, state, lr / momentum / decay, active
         p, i64, i32, i32, i32, i64, i64, i64,  # layers, activation, kinds, t0, members
     ]  # fmt: skip
+    lib.ws_shuffle.restype = None
+    lib.ws_shuffle.argtypes = [p, i64, i64, p, i64, i64, i64, p]
     return lib
+
+
+def shuffle(base: Tensor, seeds: Tensor, epoch: int) -> Tensor:
+    """The kernel's data order: rows of ``base`` (M or 1, n) shuffled per member's seed (M,).
+
+    The same numbers as :func:`weightspace.train.shuffled`, the reference.
+    """
+    base, seeds = _contiguous(base, torch.int64), _contiguous(seeds, torch.int64)
+    m, n = len(seeds), base.shape[1]
+    out = torch.empty(m, n, dtype=torch.int64)
+    stride = n if base.shape[0] == m else 0
+    lib = library()
+    lib.ws_shuffle(base.data_ptr(), stride, n, seeds.data_ptr(), int(epoch), 0, m, out.data_ptr())
+    return out
 
 
 def unavailable_reason() -> str | None:
@@ -220,15 +236,23 @@ class FusedPopulation:
         batch_size: int,
         t0: int,
         members: slice,
+        seeds: Tensor | None = None,
+        epoch: int = 0,
     ) -> None:
         """Train ``members`` one epoch over ``order`` (M or 1, n_seen) of the rows of ``x``.
 
         targets: class indices, (N,) shared or (M, N) per member; or regression targets
-        (N, out). ``t0``: optimizer steps taken before. Safe to call from several threads at
-        once on disjoint member ranges (the GIL is released while it runs).
+        (N, out). ``t0``: optimizer steps taken before. With ``seeds`` (M,), each member
+        visits its row of ``order`` shuffled for ``epoch`` (:func:`shuffle`), shuffled by the
+        kernel itself. Safe to call from several threads at once on disjoint member ranges
+        (the GIL is released while it runs).
         """
         x = _contiguous(x, torch.float32)
         order = _contiguous(order, torch.int64)
+        if seeds is not None:
+            seeds = _contiguous(seeds, torch.int64)
+            if seeds.shape != (len(self),):
+                raise ValueError(f"seeds: one per member ({len(self)}), got {tuple(seeds.shape)}")
         classification = targets.dtype == torch.int64
         targets = _contiguous(targets, torch.int64 if classification else torch.float32)
         m = len(self)
@@ -245,6 +269,7 @@ class FusedPopulation:
             labels.data_ptr() if labels is not None else None, stride,
             regression.data_ptr() if regression is not None else None,
             order.data_ptr(), n_seen if order.shape[0] == m else 0, n_seen, int(batch_size),
+            seeds.data_ptr() if seeds is not None else None, int(epoch),
             self.params.data_ptr(), self.s1.data_ptr(), self.s2.data_ptr(), self.layout.size,
             self.lr.data_ptr(), self.momentum.data_ptr(), self.weight_decay.data_ptr(),
             self.active.data_ptr(),

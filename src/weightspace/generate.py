@@ -145,6 +145,9 @@ def generate(cfg: DictConfig) -> ZooSummary:
         "device": device.type,
         # The fused kernel and the torch path agree to float rounding, not bit for bit.
         "trainer": trainer,
+        # How data orders are drawn (weightspace.train.shuffled): a zoo begun with another
+        # rule is not resumed with this one.
+        "shuffle": "splitmix64-fisher-yates",
     }
     writer = ZooWriter(
         zcfg.path,

@@ -63,10 +63,60 @@ def member_subset(data_seed: int, n_train: int, subset: float) -> np.ndarray:
     return np.sort(rng.choice(n_train, size=n, replace=False))
 
 
+# The shuffle is a Fisher-Yates pass driven by a splitmix64 stream keyed by (data seed,
+# epoch): cheap enough for the fused kernel to shuffle each member's examples itself, right
+# before its epoch, and written out here in numpy, vectorized over members, as the reference
+# (tests check that the two agree). docs/zoo-format.md states it.
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX = (np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
+
+
+def _mix64(z: np.ndarray) -> np.ndarray:
+    """splitmix64's output function on a uint64 array (wrapping arithmetic)."""
+    z = (z ^ (z >> np.uint64(30))) * _MIX[0]
+    z = (z ^ (z >> np.uint64(27))) * _MIX[1]
+    return z ^ (z >> np.uint64(31))
+
+
+def shuffled(base: np.ndarray, data_seeds: np.ndarray, epoch: int) -> np.ndarray:
+    """Each row of ``base`` (M or 1, n) shuffled by the stream of its member's (seed, epoch).
+
+    For i = n - 1 down to 1: the stream's next 64-bit word r gives j = ((r >> 32) * (i + 1))
+    >> 32, and entries i and j swap. The stream starts at mix(mix(seed) ^ epoch * golden) and
+    advances by golden (0x9E3779B97F4A7C15) before each word r = mix(state).
+    """
+    seeds = np.asarray(data_seeds, dtype=np.int64).reshape(-1).view(np.uint64)
+    m, n = len(seeds), np.shape(base)[-1]
+    base = np.broadcast_to(np.asarray(base, dtype=np.int64), (m, n))
+    state = _mix64(_mix64(seeds) ^ np.uint64((int(epoch) * 0x9E3779B97F4A7C15) % (1 << 64)))
+    flat = base.T.copy().ravel()  # position-major: position i of every member contiguous
+    cols = np.arange(m)
+    step = 256  # swaps whose random words are drawn at once, for all members
+    for top in range(n - 1, 0, -step):
+        i = np.arange(top, max(0, top - step), -1, dtype=np.uint64)  # this run's positions
+        k = np.uint64(n) - i  # words drawn so far, this one included
+        r = _mix64(state[:, None] + k * _GOLDEN)  # (m, len(i))
+        js = (((r >> np.uint64(32)) * (i + np.uint64(1))) >> np.uint64(32)).astype(np.int64)
+        at = js * m + cols[:, None]  # flat index of (position j, member)
+        for c, ii in enumerate(i.astype(np.int64)):
+            a = at[:, c]
+            at_j = flat[a]
+            flat[a] = flat[ii * m : (ii + 1) * m]
+            flat[ii * m : (ii + 1) * m] = at_j
+    return flat.reshape(n, m).T.copy()
+
+
+def _member_subsets(data_seeds: np.ndarray, n_train: int, subset: float) -> np.ndarray:
+    """(1, n) when every member sees every example, else each member's subset, (M, n_seen)."""
+    if subset >= 1.0:
+        return np.arange(n_train, dtype=np.int64)[None]
+    drawn = {s: member_subset(s, n_train, subset) for s in np.unique(data_seeds)}
+    return np.stack([drawn[s] for s in data_seeds]).astype(np.int64)
+
+
 def member_epoch_order(data_seed: int, n_train: int, subset: float, epoch: int) -> np.ndarray:
     """Order in which a member visits its training examples in ``epoch`` (1-based)."""
-    idx = member_subset(data_seed, n_train, subset)
-    return idx[np.random.default_rng([int(data_seed), 2, int(epoch)]).permutation(len(idx))]
+    return shuffled(member_subset(data_seed, n_train, subset)[None], [data_seed], epoch)[0]
 
 
 def member_labels(data_seed: int, y: Tensor, n_classes: int, label_noise: float) -> Tensor:
@@ -277,6 +327,8 @@ class _Data:
     classification: bool
     shared: bool  # all members see the same examples in the same order
     batch_size: int
+    bases: np.ndarray  # (M or 1, n_seen): the examples each member sees, before shuffling
+    seeds: np.ndarray  # (M,) data seeds
 
 
 class _BlockTrainer:
@@ -352,6 +404,7 @@ class _TorchRun:
         self, spec, members, init, static, data, layout, make_grad_fn, diverged_epoch, n_threads
     ):
         device = next(iter(init.values())).device
+        self.data, self.device = data, device
         self.layout, self.serial = layout, n_threads == 1
         # Two parameter buffers: a step reads one and writes the other.
         self.theta = [layout.pack(init, layout.new(device)), layout.new(device)]
@@ -371,6 +424,14 @@ class _TorchRun:
             )
             for j in range(len(layout.blocks))
         ]
+
+    def orders(self, epoch: int) -> Tensor:
+        """The members' data orders for ``epoch``, (M, n_seen) (drawn ahead, on a thread)."""
+        d = self.data
+        if d.shared:  # one order, drawn once
+            one = shuffled(d.bases[:1], d.seeds[:1], epoch)
+            return torch.from_numpy(one).to(self.device).expand(len(d.seeds), -1)
+        return torch.from_numpy(shuffled(d.bases, d.seeds, epoch)).to(self.device)
 
     def epoch(self, pool, epoch: int, order: Tensor, t: int, diverged_epoch: np.ndarray) -> None:
         if self.serial:
@@ -443,12 +504,19 @@ class _FusedRun:
         else:
             self.targets = data.y
 
-    def epoch(self, pool, epoch: int, order: Tensor, t: int, diverged_epoch: np.ndarray) -> None:
+        self.bases, self.seeds = torch.from_numpy(data.bases), torch.from_numpy(data.seeds)
+
+    def orders(self, epoch: int) -> None:
+        """None: the kernel shuffles each member's examples itself."""
+        return None
+
+    def epoch(self, pool, epoch: int, order: None, t: int, diverged_epoch: np.ndarray) -> None:
         before = self.pop.active.clone()
-        order = order[:1] if self.data.shared else order
+        d = self.data
 
         def run(r: slice) -> None:
-            self.pop.epoch(self.data.x_rows, self.targets, order, self.data.batch_size, t, r)
+            bs = d.batch_size
+            self.pop.epoch(d.x_rows, self.targets, self.bases, bs, t, r, self.seeds, epoch)
 
         for _ in pool.map(run, self.parts):
             pass
@@ -481,8 +549,9 @@ def train_population(
     Members train in blocks of at most ``chunk`` (fused: parts of at most 64), ``threads``
     blocks at once (default: ``torch.get_num_threads()``), each block on one thread:
     independent blocks need no synchronization, where intra-op threads synchronize at every
-    operation (and spin-wait for a busy core). Results do not depend on ``chunk`` or
-    ``threads``.
+    operation (and spin-wait for a busy core). Results do not depend on ``threads``; on the
+    torch path they may depend on ``chunk`` in the last bits (some CPUs' kernels sum in an
+    order that depends on the block's size), on the fused one they do not.
     """
     static = _static(members)
     spec = MLPSpec(spec.widths, static["activation"], spec.bias, spec.weight_norm)
@@ -495,7 +564,9 @@ def train_population(
     if device.type != "cpu":
         n_threads = 1  # a GPU stream is parallel already
 
-    blocks = _chunks(n_members, min(chunk, -(-n_members // n_threads)))
+    # Blocks sized by ``chunk`` alone, not by the thread count: the zoo's bits must not
+    # depend on the machine's cores.
+    blocks = _chunks(n_members, chunk)
     layout = FlatLayout(spec, blocks, fold=hand)
     make_grad_fn = HandBackprop if hand else AutogradBackprop
     init = {k: v.to(device) for k, v in init_population(spec, members).items()}
@@ -522,6 +593,8 @@ def train_population(
         # order: the first layer gathers one batch for all.
         shared=len(set(data_seeds)) == 1 and labels is None,
         batch_size=bs,
+        bases=_member_subsets(data_seeds, n_train, subset),
+        seeds=data_seeds.astype(np.int64),
     )
 
     diverged_epoch = np.full(n_members, -1, dtype=np.int64)
@@ -544,8 +617,8 @@ def train_population(
             }
         )
 
-        # Members evaluated in parts, one per thread; the chunk of examples is fixed, so a
-        # member's numbers do not depend on the parts.
+        # Members evaluated in parts of a fixed size (not one per thread: the numbers must
+        # not depend on the cores), with a fixed chunk of examples.
         def part(r: slice) -> list[Tensor]:
             p = {k: v[r] for k, v in eff.items()}
             return [
@@ -553,7 +626,7 @@ def train_population(
                 *evaluate(p, spec, x_test, y_test, task, eval_chunk(n_members, spec)),
             ]
 
-        parts = list(pool.map(part, _chunks(n_members, -(-n_members // n_threads))))
+        parts = list(pool.map(part, _chunks(n_members, chunk)))
         tr_loss, tr_acc, te_loss, te_acc = (torch.cat(c).cpu().numpy() for c in zip(*parts))
         rows.append(
             pd.DataFrame(
@@ -569,14 +642,10 @@ def train_population(
             )
         )
 
-    def epoch_order(epoch: int) -> Tensor:  # (M, n_seen)
-        orders = [member_epoch_order(s, n_train, subset, epoch) for s in data_seeds]
-        return torch.from_numpy(np.stack(orders)).to(device)
-
-    steps_per_epoch = -(-len(member_subset(0, n_train, subset)) // bs)
+    steps_per_epoch = -(-data.bases.shape[1] // bs)
     threads_before = torch.get_num_threads()
-    # One pool runs the blocks (and evaluates); one more thread draws the next epoch's data
-    # order (numpy, a generator per member) while this epoch trains. The flush-to-zero
+    # One pool runs the blocks (and evaluates); on the torch path one more thread draws the
+    # next epoch's data orders while this epoch trains. The flush-to-zero
     # mode is a per-thread CPU flag: the workers set their own.
     with (
         flush_denormals(),
@@ -588,12 +657,12 @@ def train_population(
         if n_threads > 1:
             torch.set_num_threads(1)
         try:
-            next_order = prefetch.submit(epoch_order, 1)
+            next_order = prefetch.submit(run.orders, 1)
             checkpoint(0)
             for epoch in range(1, epochs + 1):
                 order = next_order.result()
                 if epoch < epochs:
-                    next_order = prefetch.submit(epoch_order, epoch + 1)
+                    next_order = prefetch.submit(run.orders, epoch + 1)
                 t = (epoch - 1) * steps_per_epoch
                 run.epoch(pool, epoch, order, t, diverged_epoch)
                 if epoch in keep:

@@ -184,14 +184,36 @@ void act_backward(int32_t act, const float* z, const float* a, float* d, int64_t
   }
 }
 
+// The data order: a member's base order (its examples) shuffled by Fisher-Yates, driven by a
+// splitmix64 stream keyed by (data seed, epoch); weightspace.train.shuffled is the reference.
+constexpr uint64_t GOLDEN = 0x9E3779B97F4A7C15ull;
+
+inline uint64_t mix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+void shuffle(const int64_t* base, int64_t n, uint64_t seed, int64_t epoch, int64_t* out) {
+  std::memcpy(out, base, n * sizeof(int64_t));
+  uint64_t state = mix64(mix64(seed) ^ (uint64_t(epoch) * GOLDEN));
+  for (int64_t i = n - 1; i > 0; --i) {
+    state += GOLDEN;
+    const int64_t j = int64_t(((mix64(state) >> 32) * uint64_t(i + 1)) >> 32);
+    std::swap(out[i], out[j]);
+  }
+}
+
 struct Config {
   const float* x;
   int64_t n_rows, n_in;
   const int64_t* labels;  // classification: labels[member * labels_stride + example]
   int64_t labels_stride;
   const float* targets;  // regression: (N, out)
-  const int64_t* order;
+  const int64_t* order;  // member m's (base) order at order + m * order_stride
   int64_t order_stride, n_seen, batch;
+  const int64_t* seeds;  // data seeds: shuffle the base orders for this epoch; null: as given
+  int64_t epoch;
   int32_t act, classification, adam;
   int64_t t0;  // optimizer steps taken before this epoch
   std::vector<Layer> layers;
@@ -202,7 +224,9 @@ struct Config {
 struct Work {
   std::vector<float> x, p0, p1, g, wt, da, dz;
   std::vector<std::vector<float>> z, a;
+  std::vector<int64_t> order;
   Work(const Config& c, int64_t bp) {
+    if (c.seeds) order.assign(c.n_seen, 0);
     const int64_t L = c.layers.size();
     int64_t widest = 16;
     for (const Layer& l : c.layers) widest = std::max(widest, l.outp);
@@ -290,6 +314,10 @@ bool member_epoch(const Config& c, Work& w, int64_t m, float* params, float* s1,
                   float lr, float mom, float wd) {
   const int64_t L = c.layers.size(), I = c.n_in;
   const int64_t* order = c.order + m * c.order_stride;
+  if (c.seeds) {
+    shuffle(order, c.n_seen, uint64_t(c.seeds[m]), c.epoch, w.order.data());
+    order = w.order.data();
+  }
   const int64_t* labels = c.labels ? c.labels + m * c.labels_stride : nullptr;
   float* cur = w.p0.data();
   float* nxt = w.p1.data();
@@ -368,20 +396,28 @@ bool member_epoch(const Config& c, Work& w, int64_t m, float* params, float* s1,
 
 extern "C" {
 
-int ws_abi_version() { return 2; }
+// The data order of members [m0, m1) for an epoch (tests compare it with the reference).
+void ws_shuffle(const int64_t* base, int64_t base_stride, int64_t n, const int64_t* seeds,
+                int64_t epoch, int64_t m0, int64_t m1, int64_t* out) {
+  for (int64_t m = m0; m < m1; ++m)
+    shuffle(base + m * base_stride, n, uint64_t(seeds[m]), epoch, out + (m - m0) * n);
+}
+
+int ws_abi_version() { return 3; }
 
 // Train members [m0, m1) for one epoch. Returns 0; -1 on an allocation failure, -2 for a row
 // index outside x, -3 for a label outside the classes (that member's epoch is cut short).
 // meta: n_layers rows of (in, out, outp, weight offset, bias offset or -1).
 int ws_train_epoch(const float* x, int64_t n_rows, int64_t n_in, const int64_t* labels, int64_t labels_stride,
                    const float* targets, const int64_t* order, int64_t order_stride,
-                   int64_t n_seen, int64_t batch, float* params, float* s1, float* s2,
+                   int64_t n_seen, int64_t batch, const int64_t* seeds, int64_t epoch, float* params, float* s1, float* s2,
                    int64_t P, const float* lr, const float* mom, const float* wd,
                    uint8_t* active, const int64_t* meta, int64_t n_layers, int32_t act,
                    int32_t classification, int32_t adam, int64_t t0, int64_t m0, int64_t m1) {
   try {
-    Config c{x, n_rows, n_in, labels, labels_stride, targets, order, order_stride, n_seen, batch,
-             act, classification, adam, t0, {}, P};
+    Config c{x,     n_rows,     n_in, labels, labels_stride,  targets, order, order_stride,
+             n_seen, batch, seeds, epoch,  act,    classification, adam,    t0,    {},
+             P};
     for (int64_t l = 0; l < n_layers; ++l) {
       const int64_t* r = meta + 5 * l;
       c.layers.push_back(Layer{r[0], r[1], r[2], r[3], r[4]});
