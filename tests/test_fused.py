@@ -13,6 +13,7 @@ from weightspace.mlp import MLPSpec
 from weightspace.population import sample_population
 from weightspace.train import (
     choose_trainer,
+    evaluate,
     member_epoch_order,
     member_subset,
     shuffled,
@@ -101,6 +102,25 @@ def test_kernel_trains_on_its_own_shuffle(digits):
         order = torch.from_numpy(shuffled(base.numpy(), seeds.numpy(), epoch))
         b.epoch(x, y, order, 32, t0, slice(0, 4))
     assert torch.equal(a.params, b.params)
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "gelu", "sigmoid", "leaky_relu"])
+def test_kernel_evaluates_as_the_torch_path(digits, sine, activation):
+    for task, widths in ((digits, (64, 20, 10)), (sine, (1, 9, 7, 1))):
+        spec = MLPSpec(widths, activation)
+        members, pop = _population(spec, 5)
+        with torch.no_grad():  # some members' outputs far apart, one's NaN
+            pop.params[1] *= 3
+            pop.params[3] = float("nan")
+        params = pop.tensors()
+        for x, y in ((task.x_train, task.y_train), (task.x_test, task.y_test)):
+            loss, acc = pop.evaluate(x, y, slice(0, 5))
+            ref_loss, ref_acc = evaluate(params, spec, x, y, task)
+            torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6, equal_nan=True)
+            torch.testing.assert_close(acc, ref_acc, rtol=0, atol=0, equal_nan=True)
+        part = pop.evaluate(task.x_test, task.y_test, slice(2, 4))
+        whole = pop.evaluate(task.x_test, task.y_test, slice(0, 5))
+        torch.testing.assert_close(part[0], whole[0][2:4], rtol=0, atol=0, equal_nan=True)
 
 
 def test_bad_indices_are_refused(digits):

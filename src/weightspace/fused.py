@@ -42,7 +42,7 @@ SOURCE = Path(__file__).with_name("csrc") / "fused_mlp.cpp"
 FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp-simd", "-std=c++17"]
 PAD = 16  # output widths are padded to a multiple of this (one AVX-512 vector)
 ACT_CODES = {"relu": 0, "tanh": 1, "gelu": 2, "sigmoid": 3, "leaky_relu": 4, "identity": 5}
-ABI_VERSION = 3
+ABI_VERSION = 4
 
 
 class FusedUnavailable(RuntimeError):
@@ -117,6 +117,8 @@ def library() -> ctypes.CDLL:
         p, p, p, i64, p, p, p, p,  # params, state, lr / momentum / decay, active
         p, i64, i32, i32, i32, i64, i64, i64,  # layers, activation, kinds, t0, members
     ]  # fmt: skip
+    lib.ws_evaluate.restype = ctypes.c_int
+    lib.ws_evaluate.argtypes = [p, i64, i64, p, p, p, i64, p, i64, i32, i32, i64, i64, p, p]
     lib.ws_shuffle.restype = None
     lib.ws_shuffle.argtypes = [p, i64, i64, p, i64, i64, i64, p]
     return lib
@@ -282,6 +284,31 @@ class FusedPopulation:
             raise IndexError(f"order: a row index outside the {len(x)} rows of x")
         if rc == -3:
             raise IndexError("targets: a class index outside the model's outputs")
+
+    def evaluate(self, x: Tensor, y: Tensor, members: slice) -> tuple[Tensor, Tensor]:
+        """Mean loss and accuracy (NaN for regression) of ``members`` on (x, y): two (m,).
+
+        y: class indices (N,) or regression targets (N, out). The numbers of
+        :func:`weightspace.train.evaluate` to float rounding. Thread-safe as :meth:`epoch`.
+        """
+        x = _contiguous(x, torch.float32)
+        classification = y.dtype == torch.int64
+        y = _contiguous(y, torch.int64 if classification else torch.float32)
+        n = members.stop - members.start
+        loss = torch.empty(n, dtype=torch.float64)
+        acc = torch.empty(n, dtype=torch.float64)
+        rc = self.lib.ws_evaluate(
+            x.data_ptr(), x.shape[0], x.shape[1],
+            y.data_ptr() if classification else None, None if classification else y.data_ptr(),
+            self.params.data_ptr(), self.layout.size, self.layout.meta.ctypes.data,
+            len(self.layout.layers), ACT_CODES[self.spec.activation], int(classification),
+            members.start, members.stop, loss.data_ptr(), acc.data_ptr(),
+        )  # fmt: skip
+        if rc == -1:
+            raise MemoryError("fused kernel: out of memory")
+        if rc == -3:
+            raise IndexError("y: a class index outside the model's outputs")
+        return loss.float(), acc.float()
 
     def tensors(self) -> dict[str, Tensor]:
         """Current parameters as stacked ``state_dict`` tensors (copies)."""

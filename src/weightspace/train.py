@@ -620,13 +620,18 @@ def train_population(
         # Members evaluated in parts of a fixed size (not one per thread: the numbers must
         # not depend on the cores), with a fixed chunk of examples.
         def part(r: slice) -> list[Tensor]:
+            if trainer == "fused":  # the kernel's own forward
+                pop = run.pop
+                return [*pop.evaluate(x_train, y_train, r), *pop.evaluate(x_test, y_test, r)]
             p = {k: v[r] for k, v in eff.items()}
             return [
                 *evaluate(p, spec, x_train, y_train, task, eval_chunk(n_members, spec)),
                 *evaluate(p, spec, x_test, y_test, task, eval_chunk(n_members, spec)),
             ]
 
-        parts = list(pool.map(part, _chunks(n_members, chunk)))
+        # (The kernel's numbers are per member whatever the parts: its own are finer.)
+        by = run.parts if trainer == "fused" else _chunks(n_members, chunk)
+        parts = list(pool.map(part, by))
         tr_loss, tr_acc, te_loss, te_acc = (torch.cat(c).cpu().numpy() for c in zip(*parts))
         rows.append(
             pd.DataFrame(

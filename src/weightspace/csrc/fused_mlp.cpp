@@ -392,6 +392,32 @@ bool member_epoch(const Config& c, Work& w, int64_t m, float* params, float* s1,
   return ok;
 }
 
+// Forward pass of rows [start, start + bsz) of c.x through one member (parameters p), bp
+// rows padded; returns the output (bp, outp of the last layer).
+const float* forward_rows(const Config& c, Work& w, const float* p, int64_t start, int64_t bsz,
+                          int64_t bp) {
+  const int64_t L = c.layers.size(), I = c.n_in;
+  const float* in = c.x + start * I;
+  if (bp > bsz) {  // the tail: copied, padded with zero rows
+    std::memcpy(w.x.data(), in, bsz * I * sizeof(float));
+    std::fill(w.x.data() + bsz * I, w.x.data() + bp * I, 0.f);
+    in = w.x.data();
+  }
+  int64_t ld = I;
+  for (int64_t l = 0; l < L; ++l) {
+    const Layer& ly = c.layers[l];
+    mm(in, ld, bp, ly.in, p + ly.w, ly.outp, ly.outp, ly.b >= 0 ? p + ly.b : nullptr,
+       w.z[l].data(), ly.outp);
+    if (l + 1 < L) {
+      activate(c.act, w.z[l].data(), w.a[l].data(), bp * ly.outp);
+      in = w.a[l].data(), ld = ly.outp;
+    }
+  }
+  return w.z[L - 1].data();
+}
+
+constexpr int64_t EVAL_ROWS = 64;  // rows per evaluation forward
+
 }  // namespace
 
 extern "C" {
@@ -403,7 +429,68 @@ void ws_shuffle(const int64_t* base, int64_t base_stride, int64_t n, const int64
     shuffle(base + m * base_stride, n, uint64_t(seeds[m]), epoch, out + (m - m0) * n);
 }
 
-int ws_abi_version() { return 3; }
+int ws_abi_version() { return 4; }
+
+// Mean loss and accuracy (classification) of members [m0, m1) on the n_rows rows of x, into
+// loss[m - m0] and acc[m - m0]: torch's cross-entropy (log-softmax) or squared error per row,
+// summed in double; a row is correct when its first maximal output (a NaN counts as the
+// maximum) is its label. Returns 0, -1 on an allocation failure, -3 for a bad label.
+int ws_evaluate(const float* x, int64_t n_rows, int64_t n_in, const int64_t* labels,
+                const float* targets, const float* params, int64_t P, const int64_t* meta,
+                int64_t n_layers, int32_t act, int32_t classification, int64_t m0, int64_t m1,
+                double* loss, double* acc) {
+  try {
+    Config c{x,       n_rows, n_in,    labels, 0,  targets, nullptr, 0,
+             0,       0,      nullptr, 0,      act, classification, 0, 0,
+             {},      P};
+    for (int64_t l = 0; l < n_layers; ++l) {
+      const int64_t* r = meta + 5 * l;
+      c.layers.push_back(Layer{r[0], r[1], r[2], r[3], r[4]});
+    }
+    FlushDenormals ftz;
+    Work w(c, EVAL_ROWS);
+    const Layer& last = c.layers.back();
+    const int64_t C = last.out, CP = last.outp;
+    for (int64_t m = m0; m < m1; ++m) {
+      const float* p = params + m * P;
+      double sum = 0., correct = 0.;
+      for (int64_t start = 0; start < n_rows; start += EVAL_ROWS) {
+        const int64_t bsz = std::min(EVAL_ROWS, n_rows - start);
+        const int64_t bp = (bsz + RB - 1) / RB * RB;
+        const float* out = forward_rows(c, w, p, start, bsz, bp);
+        for (int64_t b = 0; b < bsz; ++b) {
+          const float* o = out + b * CP;
+          if (classification) {
+            const int64_t t = labels[start + b];
+            if (t < 0 || t >= C) throw BadInput{-3};
+            int64_t best = 0;
+            float mx = o[0];
+            for (int64_t k = 1; k < C; ++k) {
+              if (std::isnan(mx)) break;
+              if (o[k] > mx || std::isnan(o[k])) mx = o[k], best = k;
+            }
+            float s = 0.f;
+            for (int64_t k = 0; k < C; ++k) s += std::exp(o[k] - mx);
+            sum += double(std::log(s) - (o[t] - mx));
+            correct += best == t;
+          } else {
+            const float* y = targets + (start + b) * C;
+            float e2 = 0.f;
+            for (int64_t k = 0; k < C; ++k) e2 += (o[k] - y[k]) * (o[k] - y[k]);
+            sum += double(e2 / float(C));
+          }
+        }
+      }
+      loss[m - m0] = sum / double(n_rows);
+      acc[m - m0] = classification ? correct / double(n_rows) : NAN;
+    }
+    return 0;
+  } catch (const BadInput& e) {
+    return e.code;
+  } catch (...) {
+    return -1;
+  }
+}
 
 // Train members [m0, m1) for one epoch. Returns 0; -1 on an allocation failure, -2 for a row
 // index outside x, -3 for a label outside the classes (that member's epoch is cut short).
