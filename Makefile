@@ -25,7 +25,6 @@ test: $(BIN)/.installed  ## the whole test suite (slow tests included)
 bench: $(BIN)/.installed  ## speed and symmetry measurements against the usual ways (minutes)
 	$(BIN)/python -m pip install -q -e ".[bench]"
 	$(BIN)/python benchmarks/bench_zoo.py
-	$(BIN)/python benchmarks/bench_fused_kernel.py --threads 2
 	$(BIN)/python benchmarks/bench_symmetry.py
 
 bench-large: $(BIN)/.installed  ## peak memory of an autoencoder epoch over zoos of 10k-100k members (~3 min, ~1.5 GB of disk)

@@ -10,7 +10,9 @@ with its own init and its own data order.
            the rate extrapolated);
 (b) vmap   PyTorch's documented ensembling: ``torch.func.stack_module_state`` + ``vmap`` of
            ``grad`` of a ``functional_call``, SGD with momentum applied to the stacked tensors;
-(c) ours   ``weightspace.train.train_population`` (evaluation at epochs 0 and 10 included).
+(c) ours   ``weightspace.train.train_population`` (evaluation at epochs 0 and 10 included),
+           with its default trainer (``auto``: the fused C++ kernel of ``weightspace.fused``)
+           and with its torch path (``trainer="hand"``, the fallback where no compiler is).
 
 Also our achieved GFLOP/s in the matrix products of training against a same-process sgemm
 peak (a 2048^3 float32 product) at the same number of threads. Two FLOP counts: model FLOPs,
@@ -36,7 +38,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from weightspace.mlp import MLPSpec
 from weightspace.population import sample_population
 from weightspace.tasks import load_task
-from weightspace.train import train_population
+from weightspace.train import choose_trainer, train_population
 
 WIDTHS = (64, 32, 10)
 BATCH, LR, MOMENTUM = 32, 0.05, 0.9
@@ -98,10 +100,12 @@ def _members(n_members: int, epochs: int):
     )
 
 
-def ours_seconds(task, n_members: int, epochs: int, checkpoints: list[int]) -> float:
+def ours_seconds(
+    task, n_members: int, epochs: int, checkpoints: list[int], trainer: str = "auto"
+) -> float:
     members = _members(n_members, epochs)
     t0 = time.perf_counter()
-    train_population(task, MLPSpec(WIDTHS), members, checkpoints=checkpoints)
+    train_population(task, MLPSpec(WIDTHS), members, checkpoints=checkpoints, trainer=trainer)
     return time.perf_counter() - t0
 
 
@@ -154,12 +158,16 @@ def main() -> None:
         f"digits {list(WIDTHS)}, {args.epochs} epochs, batch {BATCH}, {args.members} members, "
         f"{torch.get_num_threads()} threads, torch {torch.__version__}"
     )
-    rates: dict[str, list[float]] = {"loop": [], "vmap": [], "ours": []}
+    trainer = choose_trainer(MLPSpec(WIDTHS), "cpu")
+    print(f"ours: trainer auto -> {trainer}")
+    rates: dict[str, list[float]] = {"loop": [], "vmap": [], "torch path": [], "ours": []}
     peaks, shares = [], []
     for r in range(args.repeats):
         peaks.append(sgemm_peak())
         rates["loop"].append(loop_rate(task, args.loop_sample, args.epochs))
         rates["vmap"].append(vmap_rate(task, args.members, args.epochs))
+        hand = ours_seconds(task, args.members, args.epochs, [0], trainer="hand")
+        rates["torch path"].append(args.members / hand)
         seconds = ours_seconds(task, args.members, args.epochs, [0])
         rates["ours"].append(args.members / seconds)
         shares.append(eval_share(task, args.members, args.epochs, seconds))
@@ -186,7 +194,11 @@ def main() -> None:
         f"| (b) torch.func: stack_module_state + vmap + grad | {med['vmap']:.1f} | "
         f"{med['ours'] / med['vmap']:.2f}x |"
     )
-    print(f"| (c) weightspace train_population | {med['ours']:.1f} | 1x |")
+    print(
+        f"| (c) weightspace train_population, torch path (trainer=hand) | "
+        f"{med['torch path']:.1f} | {med['ours'] / med['torch path']:.2f}x |"
+    )
+    print(f"| (c) weightspace train_population (auto: {trainer}) | {med['ours']:.1f} | 1x |")
     print()
     print(
         f"ours: {model:.1f} GFLOP/s of model FLOPs ({executed:.1f} executed) in the training "

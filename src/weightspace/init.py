@@ -79,7 +79,7 @@ def init_population(spec: MLPSpec, members: pd.DataFrame) -> dict[str, Tensor]:
     Under weight normalization, v starts as the initial weight and g as its row norms, so the
     effective initial weight is exactly the scheme's draw.
     """
-    per_member = [init_member(spec, row) for _, row in members.iterrows()]
+    per_member = [init_member(spec, row) for row in members.to_dict("records")]
     stacked = {k: torch.stack([p[k] for p in per_member]) for k in per_member[0]}
     if not spec.weight_norm:
         return stacked
