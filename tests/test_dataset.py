@@ -72,8 +72,9 @@ def _permute_hidden(params, perm):
 
 def sort_hidden(params, spec):
     """A canonicalization: hidden units sorted by their bias, then incoming weight sum."""
-    key = params["layers.0.weight"].sum(-1) + 1e3 * params["layers.0.bias"]
-    return _permute_hidden(params, key.argsort(dim=1))
+    by_sum = params["layers.0.weight"].sum(-1).argsort(dim=1)
+    bias = params["layers.0.bias"].gather(1, by_sum)
+    return _permute_hidden(params, by_sum.gather(1, bias.argsort(dim=1, stable=True)))
 
 
 def random_permutation(params, spec, gen):
