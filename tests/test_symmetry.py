@@ -646,8 +646,28 @@ def test_merge_many_reports_its_passes(trained, capsys):
     assert_params_equal(shown[0], quiet[0])  # the bars change nothing
     lines = [line for line in capsys.readouterr().out.splitlines() if "MergeMany pass" in line]
     m = len(next(iter(params.values())))
-    assert lines and lines[-1].endswith(f"0 of {m} members moved")  # the last pass: converged
+    assert lines and f": 0 of {m} members moved, objective +0.0e+00" in lines[-1]  # converged
     assert int(lines[0].split(": ")[1].split()[0]) > 0  # the first pass moved someone
+
+
+def test_merge_many_stops_at_its_tolerance(trained, capsys):
+    """A tolerance stops the passes once one gains little; the objective never falls."""
+    spec, params, _ = trained("relu", False)
+    full = S.merge_many(params, spec, seed=1, progress=True)
+    out = capsys.readouterr().out.splitlines()
+    gains = [float(line.rsplit("objective +", 1)[1]) for line in out if "objective +" in line]
+    assert len(gains) >= 3 and all(g >= 0 for g in gains)
+    tol = 1.01 * gains[1]  # (the printed gains are rounded)
+    early = S.merge_many(params, spec, seed=1, progress=True, tol=tol)
+    lines = [line for line in capsys.readouterr().out.splitlines() if "MergeMany pass" in line]
+    assert len(lines) == 2  # the first pass, then the second, which gains <= tol
+    assert_params_equal(S.undo_transform(early[0], spec, early[1]), params)
+
+    def objective(p):
+        flat = S.flatten(p, spec).double()
+        return float(flat.sum(0).square().sum() - flat.square().sum()) / 2
+
+    assert objective(params) < objective(early[0]) <= objective(full[0]) * (1 + 1e-9)
 
 
 @FAST

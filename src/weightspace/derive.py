@@ -94,6 +94,7 @@ def find_alignment(zoo: Zoo, tcfg: Any, progress: bool = False) -> dict[str, Uni
                 int(tcfg.get("seed", 0)),
                 sign_aware=sign_aware,
                 progress=progress,
+                tol=float(tcfg.get("tol", 0.0)),
             )
         out[str(act)] = t
     return out
