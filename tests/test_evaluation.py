@@ -25,11 +25,13 @@ from weightspace.evaluation import (
     ALPHAS,
     PROBE_COLUMNS,
     _ridge_path,
+    compare_probes,
     evaluate_autoencoder,
     fit_boosting_probe,
     fit_latent_density,
     fit_logistic_probe,
     fit_ridge_probe,
+    format_comparisons,
     format_table,
     generation_metrics,
     load_split,
@@ -208,6 +210,45 @@ def test_probe_table_rows_and_constant_targets(planted):
     row = {line.split("|")[1].strip(): line for line in lines[2:]}
     assert "constant" in row["one_activation"] and "missing" in row["absent"]
     assert "R²" in row["prop"] and "acc" in row["cat"]
+
+
+def test_compare_probes_finds_the_better_probe_and_resamples_members():
+    rng = np.random.default_rng(0)
+    n = 200
+    y = rng.normal(size=n)
+    good, bad = y + 0.3 * rng.normal(size=n), y + 1.0 * rng.normal(size=n)
+    mask = np.ones(n, dtype=bool)
+    pred = {
+        ("latent", "ridge", "t"): (mask, good),
+        ("stats", "ridge", "t"): (mask, bad),
+        ("pca", "ridge", "t"): (mask, good.copy()),
+        ("stats", "boosting", "t"): (mask, good),  # another family: not compared
+    }
+    comp = compare_probes(pred, {"t": y}, np.arange(n), seed=1).set_index("baseline")
+    assert list(comp.index) == ["stats", "pca"]
+    assert comp.loc["stats", "verdict"] == "better" and comp.loc["stats", "ci_low"] > 0
+    assert comp.loc["stats", "ours"] == pytest.approx(
+        1 - ((y - good) ** 2).sum() / ((y - y.mean()) ** 2).sum()
+    )
+    assert comp.loc["pca", "verdict"] == "tied" and comp.loc["pca", "difference"] == 0
+    swapped = compare_probes(pred, {"t": y}, np.arange(n), subject="stats", seed=1)
+    assert swapped.set_index("baseline").loc["latent", "verdict"] == "worse"
+
+    # Four copies of every row, one member each: the member bootstrap sees 200 members, not
+    # 800 independent rows, so the interval is as wide as for the rows alone.
+    near = {
+        ("latent", "ridge", "t"): (mask, good),
+        ("stats", "ridge", "t"): (mask, good + 0.1 * rng.normal(size=n)),
+    }
+    once = compare_probes(near, {"t": y}, np.arange(n), seed=2).iloc[0]
+    rep = {k: (np.tile(m, 4), np.tile(p, 4)) for k, (m, p) in near.items()}
+    by_member = compare_probes(rep, {"t": np.tile(y, 4)}, np.tile(np.arange(n), 4), seed=2).iloc[0]
+    by_row = compare_probes(rep, {"t": np.tile(y, 4)}, np.arange(4 * n), seed=2).iloc[0]
+    width = lambda r: r["ci_high"] - r["ci_low"]  # noqa: E731
+    assert width(by_member) == pytest.approx(width(once), rel=0.25)
+    assert width(by_row) < 0.7 * width(by_member)
+    table = format_comparisons(compare_probes(pred, {"t": y}, np.arange(n)))
+    assert "better" in table.splitlines()[2] and table.splitlines()[0].startswith("| target")
 
 
 def test_probe_table_rejects_misaligned_rows(planted):
@@ -532,7 +573,11 @@ def test_evaluate_autoencoder_end_to_end(datamodule, digits, tmp_path):
 
     paths = write_results(res, tmp_path / "eval")
     data = json.loads(paths["json"].read_text())  # strict JSON: NaN written as null
-    assert set(data) == {"info", "reconstruction", "generation", "probes"}
+    assert set(data) == {"info", "reconstruction", "generation", "probes", "comparisons"}
+    comp = pd.read_csv(paths["comparisons"])
+    assert set(comp["baseline"]) == {"stats", "stats+spectra", "raw", "pca"}
+    assert set(comp["verdict"].dropna()) <= {"better", "worse", "tied"}
+    assert len(comp) == len(res["comparisons"]) > 0
     assert data["reconstruction"]["pca"]["n_networks"] == 6
     assert any(row["value"] is None for row in data["probes"])
     back = pd.read_csv(paths["probes"], keep_default_na=False)

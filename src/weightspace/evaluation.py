@@ -70,6 +70,8 @@ __all__ = [
     "evaluate_autoencoder",
     "evaluate_networks",
     "fit_boosting_probe",
+    "compare_probes",
+    "format_comparisons",
     "fit_latent_density",
     "fit_logistic_probe",
     "fit_ridge_probe",
@@ -405,6 +407,7 @@ def probe_table(
     cs: Sequence[float] = CS,
     seed: int = 0,
     refit: bool = True,
+    predictions: dict[tuple[str, str, str], tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> pd.DataFrame:
     """Probe every target from every representation; one row per score.
 
@@ -422,6 +425,10 @@ def probe_table(
 
     Columns: representation, probe (ridge / logistic / boosting / constant), target,
     metric, value, param (the chosen alpha, C or number of trees) and note.
+
+    ``predictions``: a dict to fill with ``(representation, probe, target) -> (rows, pred)``,
+    the test rows the probe was scored on (a boolean mask) and its predictions there, for
+    :func:`compare_probes`.
     """
     for name, zs in representations.items():
         for split, z, y in zip(("train", "val", "test"), zs, next(iter(targets.values()), zs)):
@@ -469,18 +476,118 @@ def probe_table(
                 if note:
                     add(rep, kind, target, nan_scores, float("nan"), note)
                     continue
-                args = (zs[0], ys[0], zs[1], ys[1], zs[2], ys[2])
+                args = (zs[0], ys[0], zs[1], ys[1], zs[2])
                 if kind == "ridge":
-                    res = probe_regression(*args, alphas=alphas, refit=refit)
-                    param = res.pop("alpha")
+                    fit = fit_ridge_probe(*args, alphas, refit)
                 elif kind == "logistic":
-                    res = probe_classification(*args, cs=cs, refit=refit)
-                    param = res.pop("C")
+                    fit = fit_logistic_probe(*args, cs, refit)
                 else:
-                    res = probe_boosting(*args, categorical=is_cat, seed=seed, refit=refit)
-                    param = res.pop("n_trees")
-                add(rep, kind, target, res, param, "")
+                    fit = fit_boosting_probe(*args, is_cat, seed, refit)
+                scores = classification_scores if is_cat else regression_scores
+                add(rep, kind, target, scores(ys[2], fit.pred_test), fit.param, "")
+                if predictions is not None:
+                    predictions[(rep, kind, target)] = (finite[2], np.asarray(fit.pred_test))
     return pd.DataFrame(rows, columns=PROBE_COLUMNS)
+
+
+COMPARISON_COLUMNS = [
+    "target", "probe", "baseline", "metric", "ours", "theirs", "difference", "ci_low",
+    "ci_high", "verdict",
+]  # fmt: skip
+
+
+def _weighted_score(y: np.ndarray, pred: np.ndarray, w: np.ndarray, categorical: bool):
+    """R² (or accuracy) of ``pred`` under each row of weights ``w`` (B, n): (B,)."""
+    if categorical:
+        return (w * (y == pred)).sum(1) / w.sum(1)
+    mean = (w * y).sum(1, keepdims=True) / w.sum(1, keepdims=True)
+    sst = (w * (y - mean) ** 2).sum(1)
+    sse = (w * (y - pred) ** 2).sum(1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return 1.0 - sse / sst
+
+
+def compare_probes(
+    predictions: Mapping[tuple[str, str, str], tuple[np.ndarray, np.ndarray]],
+    y_test: Mapping[str, np.ndarray],
+    groups: np.ndarray,
+    categorical: Collection[str] = (),
+    subject: str = "latent",
+    n_boot: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """``subject``'s probes against every other representation's probe of the same family
+    on the same target, with a paired bootstrap over test *members*.
+
+    ``predictions``: from :func:`probe_table`; ``y_test``: target -> test values (all test
+    rows); ``groups``: the member of each test row. A member's checkpoints are not
+    independent draws, so whole members are resampled (with replacement), and both probes
+    are scored on the same resample. One row per comparison: the two scores (R², or accuracy
+    for categorical targets) on the test split, their difference, its ``level`` percentile
+    interval, and a verdict: ``better`` / ``worse`` when the interval excludes 0, else
+    ``tied``.
+    """
+    rng = np.random.default_rng(seed)
+    rows = []
+    family = {"ridge": "linear", "logistic": "linear", "boosting": "boosting"}
+    for (rep, kind, target), (mask, ours) in predictions.items():
+        if rep != subject:
+            continue
+        y = np.asarray(y_test[target])[mask]
+        g = np.unique(np.asarray(groups)[mask], return_inverse=True)[1]
+        counts = rng.multinomial(g.max() + 1, np.full(g.max() + 1, 1 / (g.max() + 1)), n_boot)
+        w = counts[:, g].astype(np.float64)  # (n_boot, rows): each row's weight in a resample
+        is_cat = target in categorical
+        mine = _weighted_score(y, ours, w, is_cat)
+        for (other, okind, otarget), (omask, theirs) in predictions.items():
+            if other == subject or okind != kind or otarget != target:
+                continue
+            if not np.array_equal(omask, mask):
+                raise ValueError(f"{other} {kind} on {target}: scored on other rows")
+            with np.errstate(invalid="ignore"):  # (a constant resample: R² undefined)
+                diff = mine - _weighted_score(y, theirs, w, is_cat)
+            diff = diff[np.isfinite(diff)]
+            tail = 100 * (1 - level) / 2
+            lo, hi = np.percentile(diff, [tail, 100 - tail]) if len(diff) else (np.nan, np.nan)
+            full = np.ones((1, len(y)))
+            a = float(_weighted_score(y, ours, full, is_cat)[0])
+            b = float(_weighted_score(y, theirs, full, is_cat)[0])
+            verdict = "better" if lo > 0 else "worse" if hi < 0 else "tied"
+            metric = "accuracy" if is_cat else "r2"
+            values = (target, family[kind], other, metric, a, b, a - b, lo, hi, verdict)
+            rows.append(dict(zip(COMPARISON_COLUMNS, values)))
+    return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
+
+
+def format_comparisons(df: pd.DataFrame, digits: int = 3) -> str:
+    """A markdown table of :func:`compare_probes`: a row per target and probe family, a
+    column per baseline, each cell the difference (ours - theirs) and its interval, marked
+    ``better`` / ``worse`` when the interval excludes 0."""
+    if df.empty:
+        return "(no comparisons)"
+    baselines = list(dict.fromkeys(df["baseline"]))
+    header = ["target", "probe", *baselines]
+    body = []
+    for (target, probe), part in df.groupby(["target", "probe"], sort=False):
+        cells = dict.fromkeys(baselines, "")
+        for r in part.itertuples():
+            if not np.isfinite(r.difference):
+                cells[r.baseline] = "nan"
+                continue
+            mark = "" if r.verdict == "tied" else f" {r.verdict}"
+            cells[r.baseline] = (
+                f"{r.difference:+.{digits}f} [{r.ci_low:+.{digits}f}, {r.ci_high:+.{digits}f}]"
+                + mark
+            )
+        body.append([str(target), str(probe), *cells.values()])
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+
+    def line(r: list[str]) -> str:
+        return "| " + " | ".join(x.ljust(w) for x, w in zip(r, widths)) + " |"
+
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(header), sep, *(line(r) for r in body)])
 
 
 def format_table(df: pd.DataFrame, digits: int = 3) -> str:
@@ -969,7 +1076,9 @@ def evaluate_autoencoder(
     ``task``: default, the zoo's own (``Zoo.task()``). ``latent_dim``: default, the width of
     the latents (given, it must match). ``max_items``: a seeded subset of each split's
     checkpoints, for large zoos. Returns ``{"probes": DataFrame, "table": str,
-    "reconstruction": DataFrame (rows autoencoder, pca, and per checkpoint epoch, see
+    "comparisons": DataFrame (the latent's probes against each baseline's, with paired
+    bootstrap intervals over test members, :func:`compare_probes`), "reconstruction":
+    DataFrame (rows autoencoder, pca, and per checkpoint epoch, see
     :func:`reconstruction_table`), "generation": dict, "info": dict}``.
     """
     datamodule.setup("test")
@@ -1020,7 +1129,15 @@ def evaluate_autoencoder(
         "pca": tuple(pca.transform(splits[s].weights.double().numpy()) for s in order),
     }
     tgt, categorical = probe_targets([splits[s].items for s in order], targets)
-    probes = probe_table(reps, tgt, categorical, boosting=boosting, seed=seed)
+    pred: dict = {}
+    probes = probe_table(reps, tgt, categorical, boosting=boosting, seed=seed, predictions=pred)
+    comparisons = compare_probes(
+        pred,
+        {t: np.asarray(y[2]) for t, y in tgt.items()},
+        splits["test"].groups,
+        categorical,
+        seed=seed,
+    )
 
     # ---- reconstruction of the test networks
     test = splits["test"]
@@ -1042,6 +1159,7 @@ def evaluate_autoencoder(
     return {
         "probes": probes,
         "table": format_table(probes),
+        "comparisons": comparisons,
         "reconstruction": reconstruction,
         "generation": generation,
         "info": info,
@@ -1143,17 +1261,21 @@ def _json_safe(x: Any) -> Any:
 
 def write_results(results: Mapping[str, Any], folder: str | Path) -> dict[str, Path]:
     """Write the results of :func:`evaluate_autoencoder` into ``folder``: ``probes.csv``,
-    ``reconstruction.csv``, ``table.md`` and ``results.json`` (everything, NaN as null).
+    ``comparisons.csv``, ``reconstruction.csv``, ``table.md`` and ``results.json``
+    (everything, NaN as null).
     Returns the paths by name."""
     root = Path(folder)
     root.mkdir(parents=True, exist_ok=True)
     paths = {
         "probes": root / "probes.csv",
+        "comparisons": root / "comparisons.csv",
         "reconstruction": root / "reconstruction.csv",
         "table": root / "table.md",
         "json": root / "results.json",
     }
     results["probes"].to_csv(paths["probes"], index=False)
+    comparisons = results.get("comparisons", pd.DataFrame(columns=COMPARISON_COLUMNS))
+    comparisons.to_csv(paths["comparisons"], index=False)
     results["reconstruction"].to_csv(paths["reconstruction"], index_label="model")
     paths["table"].write_text(results["table"] + "\n")
     rec = results["reconstruction"]
@@ -1162,6 +1284,7 @@ def write_results(results: Mapping[str, Any], folder: str | Path) -> dict[str, P
         "reconstruction": {str(k): row for k, row in rec.to_dict(orient="index").items()},
         "generation": results.get("generation", {}),
         "probes": results["probes"].to_dict(orient="records"),
+        "comparisons": comparisons.to_dict(orient="records"),
     }
     paths["json"].write_text(json.dumps(_json_safe(payload), indent=1, allow_nan=False))
     return paths

@@ -202,6 +202,7 @@ def _evaluate(
         wandb.log(
             {
                 "eval/probes": wandb.Table(dataframe=results["probes"]),
+                "eval/comparisons": wandb.Table(dataframe=results["comparisons"]),
                 "eval/reconstruction": wandb.Table(dataframe=rec),
             }
         )
@@ -287,6 +288,8 @@ RECONSTRUCTION_COLUMNS = (
 
 def summarize_evaluation(results: dict[str, Any], run_dir: Path) -> str:
     """The results table and the headline reconstruction / generation numbers, for print."""
+    from weightspace.evaluation import format_comparisons
+
     rec = results["reconstruction"]
     gen = results["generation"]
     lines = [
@@ -295,6 +298,11 @@ def summarize_evaluation(results: dict[str, Any], run_dir: Path) -> str:
         "categories), the same probe family on each:",
         "",
         results["table"],
+        "",
+        "The latent against each baseline, same probe family: difference of the scores and its",
+        "95% interval (paired bootstrap over held-out members; better / worse when it excludes 0):",
+        "",
+        format_comparisons(results["comparisons"]),
         "",
         "Reconstruction of the held-out networks (all checkpoints, then per checkpoint epoch;",
         "every column in reconstruction.csv):",
