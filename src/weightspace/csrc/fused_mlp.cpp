@@ -309,6 +309,22 @@ float update(const Config& c, const float* p, float* q, const float* g, float* s
   return sum;
 }
 
+// Forward pass of bp rows (in, n_in per row) through parameters p: pre-activations into
+// w.z[l], activations of the hidden layers into w.a[l].
+void forward(const Config& c, Work& w, const float* p, const float* in, int64_t bp) {
+  const int64_t L = c.layers.size();
+  int64_t ld = c.n_in;
+  for (int64_t l = 0; l < L; ++l) {
+    const Layer& ly = c.layers[l];
+    mm(in, ld, bp, ly.in, p + ly.w, ly.outp, ly.outp, ly.b >= 0 ? p + ly.b : nullptr,
+       w.z[l].data(), ly.outp);
+    if (l + 1 < L) {
+      activate(c.act, w.z[l].data(), w.a[l].data(), bp * ly.outp);
+      in = w.a[l].data(), ld = ly.outp;
+    }
+  }
+}
+
 // One member's epoch; returns false when it diverged (params then hold its last finite ones).
 bool member_epoch(const Config& c, Work& w, int64_t m, float* params, float* s1, float* s2,
                   float lr, float mom, float wd) {
@@ -333,18 +349,7 @@ bool member_epoch(const Config& c, Work& w, int64_t m, float* params, float* s1,
       std::memcpy(w.x.data() + b * I, c.x + idx[b] * I, I * sizeof(float));
     }
     if (bp > bsz) std::fill(w.x.data() + bsz * I, w.x.data() + bp * I, 0.f);
-    // forward
-    const float* in = w.x.data();
-    int64_t ld = I;
-    for (int64_t l = 0; l < L; ++l) {
-      const Layer& ly = c.layers[l];
-      mm(in, ld, bp, ly.in, cur + ly.w, ly.outp, ly.outp, ly.b >= 0 ? cur + ly.b : nullptr,
-         w.z[l].data(), ly.outp);
-      if (l + 1 < L) {
-        activate(c.act, w.z[l].data(), w.a[l].data(), bp * ly.outp);
-        in = w.a[l].data(), ld = ly.outp;
-      }
-    }
+    forward(c, w, cur, w.x.data(), bp);
     const Layer& last = c.layers[L - 1];
     const float loss = loss_grad(c, w.z[L - 1].data(), bsz, bp, last, idx, labels, w.dz.data());
     if (!std::isfinite(loss)) {
@@ -403,16 +408,7 @@ const float* forward_rows(const Config& c, Work& w, const float* p, int64_t star
     std::fill(w.x.data() + bsz * I, w.x.data() + bp * I, 0.f);
     in = w.x.data();
   }
-  int64_t ld = I;
-  for (int64_t l = 0; l < L; ++l) {
-    const Layer& ly = c.layers[l];
-    mm(in, ld, bp, ly.in, p + ly.w, ly.outp, ly.outp, ly.b >= 0 ? p + ly.b : nullptr,
-       w.z[l].data(), ly.outp);
-    if (l + 1 < L) {
-      activate(c.act, w.z[l].data(), w.a[l].data(), bp * ly.outp);
-      in = w.a[l].data(), ld = ly.outp;
-    }
-  }
+  forward(c, w, p, in, bp);
   return w.z[L - 1].data();
 }
 
