@@ -436,15 +436,23 @@ def probe_table(
                 raise ValueError(
                     f"representation {name!r}: {len(z)} {split} rows, targets {len(y)}"
                 )
-    rows: list[dict[str, Any]] = []
+    rows: list[tuple[tuple[int, int], dict[str, Any]]] = []  # (target, representation) keys
 
     def add(
-        rep: str, probe: str, target: str, scores: Mapping[str, float], param: float, note: str
+        key: tuple[int, int],
+        rep: str,
+        probe: str,
+        target: str,
+        scores: Mapping[str, float],
+        param: float,
+        note: str,
     ):
         for metric, value in scores.items():
-            rows.append(dict(zip(PROBE_COLUMNS, (rep, probe, target, metric, value, param, note))))
+            values = (rep, probe, target, metric, value, param, note)
+            rows.append((key, dict(zip(PROBE_COLUMNS, values))))
 
-    for target, y3 in targets.items():
+    prepared = []
+    for t, (target, y3) in enumerate(targets.items()):
         is_cat = target in categorical
         y3 = tuple(np.asarray(y) for y in y3)
         finite = [np.isfinite(y.astype(np.float64)) for y in y3]
@@ -452,11 +460,11 @@ def probe_table(
         note = _target_note(ys, is_cat)
         metrics = CLASSIFICATION_METRICS if is_cat else REGRESSION_METRICS
         nan_scores = dict.fromkeys(metrics, float("nan"))
-        linear = "logistic" if is_cat else "ridge"
+        prepared.append((target, is_cat, finite, ys, note, nan_scores))
         if chance:  # (Kendall's tau of a constant prediction is undefined: left out)
             if note:
                 chance_nan = nan_scores if is_cat else {"r2": float("nan")}
-                add("chance", "constant", target, chance_nan, float("nan"), note)
+                add((t, -1), "chance", "constant", target, chance_nan, float("nan"), note)
             else:
                 fit_y = np.concatenate(ys[:2])
                 if is_cat:
@@ -466,15 +474,18 @@ def probe_table(
                 else:
                     pred = np.full(len(ys[2]), fit_y.mean())
                     scores = {"r2": regression_scores(ys[2], pred)["r2"]}
-                add("chance", "constant", target, scores, math.nan, "")
-        for rep, zs in representations.items():
-            zs = [_as2d(z)[m] for z, m in zip(zs, finite)]
-            kinds = [linear]
-            if boosting is True or (not isinstance(boosting, bool) and rep in boosting):
-                kinds.append("boosting")
-            for kind in kinds:
+                add((t, -1), "chance", "constant", target, scores, math.nan, "")
+    # Representation by representation: the ridge probes of all targets on one
+    # representation share its SVDs (remembered by _svd for the last few matrices).
+    for r, (rep, zs_all) in enumerate(representations.items()):
+        kinds_of = ["boosting"]
+        if not (boosting is True or (not isinstance(boosting, bool) and rep in boosting)):
+            kinds_of = []
+        for t, (target, is_cat, finite, ys, note, nan_scores) in enumerate(prepared):
+            zs = [_as2d(z)[m] for z, m in zip(zs_all, finite)]
+            for kind in ["logistic" if is_cat else "ridge", *kinds_of]:
                 if note:
-                    add(rep, kind, target, nan_scores, float("nan"), note)
+                    add((t, r), rep, kind, target, nan_scores, float("nan"), note)
                     continue
                 args = (zs[0], ys[0], zs[1], ys[1], zs[2])
                 if kind == "ridge":
@@ -484,10 +495,11 @@ def probe_table(
                 else:
                     fit = fit_boosting_probe(*args, is_cat, seed, refit)
                 scores = classification_scores if is_cat else regression_scores
-                add(rep, kind, target, scores(ys[2], fit.pred_test), fit.param, "")
+                add((t, r), rep, kind, target, scores(ys[2], fit.pred_test), fit.param, "")
                 if predictions is not None:
                     predictions[(rep, kind, target)] = (finite[2], np.asarray(fit.pred_test))
-    return pd.DataFrame(rows, columns=PROBE_COLUMNS)
+    rows.sort(key=lambda kr: kr[0])  # stable: target by target, as the table reads
+    return pd.DataFrame([row for _, row in rows], columns=PROBE_COLUMNS)
 
 
 COMPARISON_COLUMNS = [
