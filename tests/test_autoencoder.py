@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from weightspace.autoencoder import WeightAutoencoder
-from weightspace.baselines import layer_statistics, spectrum_names
+from weightspace.baselines import layer_statistics, product_spectrum_names, spectrum_names
 from weightspace.dataset import (
     WeightDataModule,
     flatten_params,
@@ -178,14 +178,20 @@ def test_weight_statistics_are_the_baselines_standardized(datamodule):
     assert not torch.allclose(moved, model.encode(flat))
 
 
-@pytest.mark.parametrize("spectrum", [False, True])
-def test_concatenated_statistics_are_latent_coordinates(datamodule, spectrum):
-    model = small_model(datamodule, stats_input="concat", stats_spectrum=spectrum)
+@pytest.mark.parametrize("spectrum, products", [(False, False), (True, False), (True, True)])
+def test_concatenated_statistics_are_latent_coordinates(datamodule, spectrum, products):
+    model = small_model(
+        datamodule, stats_input="concat", stats_spectrum=spectrum, stats_products=products
+    )
     batch = next(iter(datamodule.val_dataloader()))
     flat = batch["weights"]
-    n_stats = 8 * len(model.spec.param_shapes()) + spectrum * len(spectrum_names(model.spec))
+    n_stats = (
+        8 * len(model.spec.param_shapes())
+        + spectrum * len(spectrum_names(model.spec))
+        + products * len(product_spectrum_names(model.spec))
+    )
     params = datamodule.normalizer.denormalize_params(unflatten_params(flat, model.spec))
-    features = layer_statistics(params, model.spec, spectrum=spectrum)
+    features = layer_statistics(params, model.spec, spectrum=spectrum, products=products)
     expected = (features - np.array(model.hparams.stats_mean)) / np.array(model.hparams.stats_std)
     np.testing.assert_allclose(model.weight_statistics(flat).numpy(), expected, atol=2e-3)
     z = model.encode(flat)

@@ -16,7 +16,10 @@ from weightspace.baselines import (
     fit_pca,
     layer_statistic_names,
     layer_statistics,
+    network_feature_count,
     network_features_torch,
+    product_spectrum_names,
+    product_spectrum_torch,
     spectrum_names,
     spectrum_torch,
 )
@@ -319,6 +322,36 @@ def test_spectra_are_singular_values_largest_first_and_ignore_hidden_unit_order(
     torch.testing.assert_close(both, torch.cat([stats_only, sv.log()], 1))
     np.testing.assert_allclose(
         layer_statistics(params, spec, spectrum=True), both.double().numpy(), rtol=1e-5
+    )
+
+
+def test_product_spectra_are_those_of_the_end_to_end_maps_and_invariant():
+    spec = MLPSpec((5, 7, 6, 3))
+    gen = torch.Generator().manual_seed(2)
+    params = {k: torch.randn(4, *s, generator=gen) for k, s in spec.param_shapes().items()}
+    sv = product_spectrum_torch(params, spec)
+    names = product_spectrum_names(spec)
+    assert sv.shape == (4, 5 + 3) == (4, len(names)) and names[5] == "W2..W0/sv0"
+    w = [params[f"layers.{l}.weight"][1].double().numpy() for l in range(3)]
+    np.testing.assert_allclose(sv[1, :5].numpy(), np.linalg.svd(w[1] @ w[0])[1], rtol=1e-4)
+    np.testing.assert_allclose(sv[1, 5:].numpy(), np.linalg.svd(w[2] @ w[1] @ w[0])[1], rtol=1e-4)
+    ps = mlp_permutation_spec(spec)
+    permuted = apply_permutation(ps, random_permutations(ps, 4, gen), params)
+    torch.testing.assert_close(product_spectrum_torch(permuted, spec), sv)
+    # hidden-unit scaling (relu's symmetry) moves no product either
+    scaled = dict(params)
+    c = torch.rand(4, 7, generator=gen) + 0.5
+    scaled["layers.0.weight"] = params["layers.0.weight"] * c[:, :, None]
+    scaled["layers.1.weight"] = params["layers.1.weight"] / c[:, None, :]
+    torch.testing.assert_close(product_spectrum_torch(scaled, spec), sv, rtol=1e-4, atol=1e-5)
+    every = network_features_torch(params, spec, spectrum=True, products=True)
+    assert every.shape[1] == network_feature_count(spec, True, True) == 8 * 6 + 14 + 8
+    torch.testing.assert_close(every[:, -8:], sv.log())
+    np.testing.assert_allclose(
+        layer_statistics(params, spec, spectrum=True, products=True),
+        every.numpy(),
+        rtol=1e-5,
+        atol=1e-5,  # (float64 against float32)
     )
 
 

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from weightspace.baselines import network_features_torch, spectrum_names
+from weightspace.baselines import network_feature_count, network_features_torch
 from weightspace.dataset import (
     LayerNormalizer,
     WeightDataModule,
@@ -349,6 +349,9 @@ class WeightAutoencoder(pl.LightningModule):
         stats_spectrum: the statistics also hold the singular values of every weight matrix
             (:func:`~weightspace.baselines.spectrum_torch`): the init scheme shows in a
             spectrum (an orthogonal matrix's is flat) more than in any quantile.
+        stats_products: ... and the singular values of the layer products W_l..W_0
+            (:func:`~weightspace.baselines.product_spectrum_torch`), which read how far
+            training moved the end-to-end maps from a product of random matrices.
         stats_mean, stats_std: the statistics' training-split mean and std (plain lists;
             :meth:`from_datamodule` fills them when either option is on).
         n_probe: number of probe inputs (a buffer, filled from ``probe_inputs``).
@@ -377,6 +380,7 @@ class WeightAutoencoder(pl.LightningModule):
         stats_weight: float = 0.0,
         stats_input: bool | str = False,
         stats_spectrum: bool = False,
+        stats_products: bool = False,
         stats_mean: Sequence[float] | None = None,
         stats_std: Sequence[float] | None = None,
         n_probe: int = 256,
@@ -404,9 +408,7 @@ class WeightAutoencoder(pl.LightningModule):
         if stats_input not in STATS_INPUTS:
             raise ConfigError(f"stats_input: '{stats_input}' (choose false, add or concat)")
         spec = MLPSpec(tuple(widths), activations[0], bias)
-        n_stats = 8 * len(spec.param_shapes()) + (
-            len(spectrum_names(spec)) if stats_spectrum else 0
-        )
+        n_stats = network_feature_count(spec, stats_spectrum, stats_products)
         concat = stats_input == "concat"
         if concat and stats_weight > 0:
             raise ConfigError(
@@ -484,6 +486,7 @@ class WeightAutoencoder(pl.LightningModule):
                 {k: v.double() for k, v in train.params(idx.numpy()).items()},
                 spec,
                 hparams.get("stats_spectrum", False),
+                hparams.get("stats_products", False),
             )
             hparams.setdefault("stats_mean", stats.mean(0).tolist())
             hparams.setdefault("stats_std", stats.std(0).clamp_min(1e-8).tolist())
@@ -517,7 +520,10 @@ class WeightAutoencoder(pl.LightningModule):
         # In float64: a bias's mean is a small difference of large sums, and standardizing
         # by a small spread across the zoo would magnify float32 rounding.
         params = unflatten_params(self.denormalize(flat).double(), self.spec)
-        stats = network_features_torch(params, self.spec, self.hparams.stats_spectrum)
+        hp = self.hparams
+        stats = network_features_torch(
+            params, self.spec, hp.stats_spectrum, hp.get("stats_products", False)
+        )
         return ((stats - self.stats_mean.double()) / self.stats_std.double()).to(flat.dtype)
 
     def _encode_flat(self, flat: Tensor, stats: Tensor | None = None) -> Tensor:

@@ -37,6 +37,9 @@ __all__ = [
     "layer_statistics",
     "layer_statistics_torch",
     "network_features_torch",
+    "network_feature_count",
+    "product_spectrum_names",
+    "product_spectrum_torch",
     "spectrum_names",
     "spectrum_torch",
 ]
@@ -51,7 +54,7 @@ def layer_statistic_names(spec: MLPSpec) -> list[str]:
 
 
 def layer_statistics(
-    params: Mapping[str, Tensor], spec: MLPSpec, spectrum: bool = False
+    params: Mapping[str, Tensor], spec: MLPSpec, spectrum: bool = False, products: bool = False
 ) -> np.ndarray:
     """Per-tensor statistics of ``N`` stacked networks: ``(N, 8 * n_tensors)`` float64.
 
@@ -60,7 +63,8 @@ def layer_statistics(
     weight first) the columns are :data:`STATISTICS`: mean, population std (ddof 0),
     quantiles with linear interpolation (numpy's default) and the L2 / Frobenius norm.
     Names in :func:`layer_statistic_names`. Pass the networks' own (denormalized) weights.
-    ``spectrum``: followed by the log singular values (:func:`network_features_torch`).
+    ``spectrum``: followed by the log singular values (:func:`network_features_torch`);
+    ``products``: then by those of the layer products (:func:`product_spectrum_torch`).
     """
     n = len(next(iter(params.values())))
     # torch.quantile takes at most 2**24 entries at once: rows in chunks below that.
@@ -70,10 +74,11 @@ def layer_statistics(
             {k: v[lo : lo + chunk].detach().double().cpu() for k, v in params.items()},
             spec,
             spectrum,
+            products,
         )
         for lo in range(0, n, chunk)
     ]
-    width = 8 * len(spec.param_shapes()) + (len(spectrum_names(spec)) if spectrum else 0)
+    width = network_feature_count(spec, spectrum, products)
     return torch.cat(parts).numpy() if parts else np.zeros((0, width))
 
 
@@ -116,18 +121,49 @@ def spectrum_torch(params: Mapping[str, Tensor], spec: MLPSpec) -> Tensor:
     )
 
 
+def product_spectrum_names(spec: MLPSpec) -> list[str]:
+    """Feature names of :func:`product_spectrum_torch`: ``"W{l}..W0/sv{k}"``."""
+    w = spec.widths
+    return [f"W{l}..W0/sv{k}" for l in range(1, spec.n_layers) for k in range(min(w[l + 1], w[0]))]
+
+
+def product_spectrum_torch(params: Mapping[str, Tensor], spec: MLPSpec) -> Tensor:
+    """Singular values of the layer products ``W_l ... W_1 W_0`` for l >= 1 (the end-to-end
+    linear maps of the network's prefixes, biases and activations left out), each in
+    descending order: ``(N, sum of min(width_{l+1}, width_0))``. Permutation-invariant, as a
+    product cancels every hidden permutation; how far they are from a product of random
+    matrices reflects how far training went (and how fast)."""
+    eff = effective_params(params, spec)
+    prod, out = eff["layers.0.weight"], []
+    for l in range(1, spec.n_layers):
+        prod = eff[f"layers.{l}.weight"] @ prod
+        out.append(torch.linalg.svdvals(prod))
+    return torch.cat(out, 1) if out else prod.new_zeros(len(prod), 0)
+
+
+def network_feature_count(spec: MLPSpec, spectrum: bool = False, products: bool = False) -> int:
+    """Width of :func:`network_features_torch`."""
+    return (
+        8 * len(spec.param_shapes())
+        + (len(spectrum_names(spec)) if spectrum else 0)
+        + (len(product_spectrum_names(spec)) if products else 0)
+    )
+
+
 def network_features_torch(
-    params: Mapping[str, Tensor], spec: MLPSpec, spectrum: bool = False
+    params: Mapping[str, Tensor], spec: MLPSpec, spectrum: bool = False, products: bool = False
 ) -> Tensor:
     """:func:`layer_statistics_torch`, followed by the logarithms of :func:`spectrum_torch`
-    (singular values below ``1e-6`` count as ``1e-6``) if ``spectrum``: the
-    permutation-invariant features the autoencoder reads and predicts. On a log scale the
-    shape of a spectrum (ratios of singular values, which training changes and the init
-    scheme sets) is linear in the features."""
-    stats = layer_statistics_torch(params, spec)
-    if not spectrum:
-        return stats
-    return torch.cat([stats, spectrum_torch(params, spec).clamp_min(1e-6).log()], 1)
+    if ``spectrum`` and of :func:`product_spectrum_torch` if ``products`` (singular values
+    below ``1e-6`` count as ``1e-6``): the permutation-invariant features the autoencoder
+    reads and predicts. On a log scale the shape of a spectrum (ratios of singular values,
+    which training changes and the init scheme sets) is linear in the features."""
+    parts = [layer_statistics_torch(params, spec)]
+    if spectrum:
+        parts.append(spectrum_torch(params, spec).clamp_min(1e-6).log())
+    if products:
+        parts.append(product_spectrum_torch(params, spec).clamp_min(1e-6).log())
+    return torch.cat(parts, 1)
 
 
 def fit_pca(x_train: np.ndarray, n_components: int, seed: int = 0) -> PCA:

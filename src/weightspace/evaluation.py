@@ -1074,7 +1074,8 @@ def evaluate_autoencoder(
     - Probes (:func:`probe_table`): fitted on train, chosen on val, scored on test, for the
       latent, layer statistics ("stats"), the statistics with every weight matrix's log
       singular values ("stats+spectra", the reference for a latent that reads them,
-      ``model.stats_spectrum``), raw normalized weights ("raw") and a PCA of
+      ``model.stats_spectrum``; with the layer products' too when the model reads those,
+      ``model.stats_products``), raw normalized weights ("raw") and a PCA of
       ``latent_dim`` components fitted on train ("pca"); ``boosting`` names the
       representations that also get a boosting probe (raw weights are too wide by default).
     - Reconstruction (:func:`reconstruction_metrics`) of the test networks by the model and
@@ -1131,11 +1132,14 @@ def evaluate_autoencoder(
     # ---- probes
     order = ("train", "val", "test")
     pca = fit_pca(splits["train"].weights.double().numpy(), width, seed)
+    # The reference for a latent that carries the invariant features carries the same ones.
+    products = bool((getattr(model, "hparams", None) or {}).get("stats_products", False))
     reps: dict[str, Split3] = {
         "latent": tuple(z[s].double().numpy() for s in order),
         "stats": tuple(layer_statistics(splits[s].params, spec) for s in order),
         "stats+spectra": tuple(
-            layer_statistics(splits[s].params, spec, spectrum=True) for s in order
+            layer_statistics(splits[s].params, spec, spectrum=True, products=products)
+            for s in order
         ),
         "raw": tuple(splits[s].weights.double().numpy() for s in order),
         "pca": tuple(pca.transform(splits[s].weights.double().numpy()) for s in order),
