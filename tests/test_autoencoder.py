@@ -356,7 +356,12 @@ def test_align_reads_the_merge_many_zoo(zoo_copy, tmp_path):
     for key in ("train/recon", "train/functional", "val/agreement"):
         assert key in metrics and torch.isfinite(torch.tensor(metrics[key])), key
     model = WeightAutoencoder.load_from_checkpoint(metrics["last_checkpoint"], strict=True)
-    n_features = 8 * len(model.spec.param_shapes()) + len(spectrum_names(model.spec))
+    n_features = (
+        8 * len(model.spec.param_shapes())
+        + len(spectrum_names(model.spec))
+        + len(product_spectrum_names(model.spec))
+    )
+    assert demo.model.stats_products and demo.model.stats_spectrum
     assert model.latent_width == demo.model.latent_dim + n_features
 
 
