@@ -288,10 +288,15 @@ def test_layer_statistics_of_known_tensors():
     assert g["layers.0.weight/l2"] == f["layers.0.weight/l2"]
 
 
-def test_layer_statistics_ignore_hidden_unit_order():
+def _random_networks(seed: int):
+    """Four random [5, 7, 6, 3] networks, and the generator that drew them."""
     spec = MLPSpec((5, 7, 6, 3))
-    gen = torch.Generator().manual_seed(0)
-    params = {k: torch.randn(4, *s, generator=gen) for k, s in spec.param_shapes().items()}
+    gen = torch.Generator().manual_seed(seed)
+    return spec, gen, {k: torch.randn(4, *s, generator=gen) for k, s in spec.param_shapes().items()}
+
+
+def test_layer_statistics_ignore_hidden_unit_order():
+    spec, gen, params = _random_networks(0)
     ps = mlp_permutation_spec(spec)
     permuted = apply_permutation(ps, random_permutations(ps, 4, gen), params)
     np.testing.assert_allclose(
@@ -300,9 +305,7 @@ def test_layer_statistics_ignore_hidden_unit_order():
 
 
 def test_spectra_are_singular_values_largest_first_and_ignore_hidden_unit_order():
-    spec = MLPSpec((5, 7, 6, 3))
-    gen = torch.Generator().manual_seed(1)
-    params = {k: torch.randn(4, *s, generator=gen) for k, s in spec.param_shapes().items()}
+    spec, gen, params = _random_networks(1)
     sv = spectrum_torch(params, spec)
     names = spectrum_names(spec)
     assert sv.shape == (4, 5 + 6 + 3) == (4, len(names)) and names[5] == "layers.1.weight/sv0"
@@ -326,9 +329,7 @@ def test_spectra_are_singular_values_largest_first_and_ignore_hidden_unit_order(
 
 
 def test_product_spectra_are_those_of_the_end_to_end_maps_and_invariant():
-    spec = MLPSpec((5, 7, 6, 3))
-    gen = torch.Generator().manual_seed(2)
-    params = {k: torch.randn(4, *s, generator=gen) for k, s in spec.param_shapes().items()}
+    spec, gen, params = _random_networks(2)
     sv = product_spectrum_torch(params, spec)
     names = product_spectrum_names(spec)
     assert sv.shape == (4, 5 + 3) == (4, len(names)) and names[5] == "W2..W0/sv0"

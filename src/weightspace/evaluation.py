@@ -478,9 +478,8 @@ def probe_table(
     # Representation by representation: the ridge probes of all targets on one
     # representation share its SVDs (remembered by _svd for the last few matrices).
     for r, (rep, zs_all) in enumerate(representations.items()):
-        kinds_of = ["boosting"]
-        if not (boosting is True or (not isinstance(boosting, bool) and rep in boosting)):
-            kinds_of = []
+        boosted = boosting is True or (not isinstance(boosting, bool) and rep in boosting)
+        kinds_of = ["boosting"] if boosted else []
         for t, (target, is_cat, finite, ys, note, nan_scores) in enumerate(prepared):
             zs = [_as2d(z)[m] for z, m in zip(zs_all, finite)]
             for kind in ["logistic" if is_cat else "ridge", *kinds_of]:
@@ -572,6 +571,17 @@ def compare_probes(
     return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
 
 
+def _markdown(header: list[str], body: list[list[str]]) -> str:
+    """A markdown table with its columns padded to a common width."""
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+
+    def line(r: list[str]) -> str:
+        return "| " + " | ".join(x.ljust(w) for x, w in zip(r, widths)) + " |"
+
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(header), sep, *(line(r) for r in body)])
+
+
 def format_comparisons(df: pd.DataFrame, digits: int = 3) -> str:
     """A markdown table of :func:`compare_probes`: a row per target and probe family, a
     column per baseline, each cell the difference (ours - theirs) and its interval, marked
@@ -593,13 +603,7 @@ def format_comparisons(df: pd.DataFrame, digits: int = 3) -> str:
                 + mark
             )
         body.append([str(target), str(probe), *cells.values()])
-    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
-
-    def line(r: list[str]) -> str:
-        return "| " + " | ".join(x.ljust(w) for x, w in zip(r, widths)) + " |"
-
-    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(header), sep, *(line(r) for r in body)])
+    return _markdown(header, body)
 
 
 def format_table(df: pd.DataFrame, digits: int = 3) -> str:
@@ -628,13 +632,7 @@ def format_table(df: pd.DataFrame, digits: int = 3) -> str:
         cells.setdefault(target, {})[c] = text
     header = ["target", "metric", *columns]
     body = [[t, metric_of[t], *(cells[t].get(c, "") for c in columns)] for t in cells]
-    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
-
-    def line(r: list[str]) -> str:
-        return "| " + " | ".join(x.ljust(w) for x, w in zip(r, widths)) + " |"
-
-    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(header), sep, *(line(r) for r in body)])
+    return _markdown(header, body)
 
 
 # --------------------------------------------------------------------------- reconstruction

@@ -88,7 +88,7 @@ def shuffled(base: np.ndarray, data_seeds: np.ndarray, epoch: int) -> np.ndarray
     seeds = np.asarray(data_seeds, dtype=np.int64).reshape(-1).view(np.uint64)
     m, n = len(seeds), np.shape(base)[-1]
     base = np.broadcast_to(np.asarray(base, dtype=np.int64), (m, n))
-    state = _mix64(_mix64(seeds) ^ np.uint64((int(epoch) * 0x9E3779B97F4A7C15) % (1 << 64)))
+    state = _mix64(_mix64(seeds) ^ np.uint64((int(epoch) * int(_GOLDEN)) % (1 << 64)))
     flat = base.T.copy().ravel()  # position-major: position i of every member contiguous
     cols = np.arange(m)
     step = 256  # swaps whose random words are drawn at once, for all members
