@@ -16,7 +16,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from weightspace.autoencoder import WeightAutoencoder
-from weightspace.baselines import layer_statistics, product_spectrum_names, spectrum_names
+from weightspace.baselines import (
+    function_feature_names,
+    layer_statistics,
+    product_spectrum_names,
+    spectrum_names,
+)
 from weightspace.dataset import (
     WeightDataModule,
     flatten_params,
@@ -178,10 +183,17 @@ def test_weight_statistics_are_the_baselines_standardized(datamodule):
     assert not torch.allclose(moved, model.encode(flat))
 
 
-@pytest.mark.parametrize("spectrum, products", [(False, False), (True, False), (True, True)])
-def test_concatenated_statistics_are_latent_coordinates(datamodule, spectrum, products):
+@pytest.mark.parametrize(
+    "spectrum, products, function",
+    [(False, False, False), (True, False, False), (True, True, False), (True, True, True)],
+)
+def test_concatenated_statistics_are_latent_coordinates(datamodule, spectrum, products, function):
     model = small_model(
-        datamodule, stats_input="concat", stats_spectrum=spectrum, stats_products=products
+        datamodule,
+        stats_input="concat",
+        stats_spectrum=spectrum,
+        stats_products=products,
+        stats_function=function,
     )
     batch = next(iter(datamodule.val_dataloader()))
     flat = batch["weights"]
@@ -189,9 +201,16 @@ def test_concatenated_statistics_are_latent_coordinates(datamodule, spectrum, pr
         8 * len(model.spec.param_shapes())
         + spectrum * len(spectrum_names(model.spec))
         + products * len(product_spectrum_names(model.spec))
+        + function * len(function_feature_names(model.spec))
     )
     params = datamodule.normalizer.denormalize_params(unflatten_params(flat, model.spec))
-    features = layer_statistics(params, model.spec, spectrum=spectrum, products=products)
+    # The function features run on the task's training inputs the model drew, with their labels.
+    task = datamodule.full_dataset.zoos[0].task()
+    rows = [int((task.x_train == x).all(1).nonzero()[0]) for x in model.probe_inputs]
+    if function:
+        assert torch.equal(model.probe_targets, task.y_train[rows])
+    probe = (task.x_train[rows], task.y_train[rows]) if function else None
+    features = layer_statistics(params, model.spec, spectrum, products, probe)
     expected = (features - np.array(model.hparams.stats_mean)) / np.array(model.hparams.stats_std)
     np.testing.assert_allclose(model.weight_statistics(flat).numpy(), expected, atol=2e-3)
     z = model.encode(flat)
@@ -230,6 +249,15 @@ def test_outputs_use_each_members_activation():
         one = {n: p[i : i + 1] for n, p in params.items()}
         expected = forward(one, x, spec, ["relu", "tanh"][code])[0]
         torch.testing.assert_close(out[i], expected)
+    # The function features assume one activation for the whole zoo: a clear error otherwise.
+    with pytest.raises(ConfigError, match=r"^stats_function: .* mixes relu, tanh"):
+        WeightAutoencoder(
+            widths=spec.widths, activations=["relu", "tanh"], stats_function=True, n_probe=5
+        )
+    with pytest.raises(ConfigError, match=r"^probe_targets: shape \(4,\), expected \(5,\)"):
+        WeightAutoencoder(
+            widths=spec.widths, stats_function=True, n_probe=5, probe_targets=torch.zeros(4)
+        )
 
 
 def test_bad_options_are_config_errors(datamodule):
@@ -360,8 +388,9 @@ def test_align_reads_the_merge_many_zoo(zoo_copy, tmp_path):
         8 * len(model.spec.param_shapes())
         + len(spectrum_names(model.spec))
         + len(product_spectrum_names(model.spec))
+        + len(function_feature_names(model.spec))
     )
-    assert demo.model.stats_products and demo.model.stats_spectrum
+    assert demo.model.stats_products and demo.model.stats_spectrum and demo.model.stats_function
     assert model.latent_width == demo.model.latent_dim + n_features
 
 

@@ -14,6 +14,8 @@ from threadpoolctl import threadpool_limits
 
 from weightspace.baselines import (
     fit_pca,
+    function_feature_names,
+    function_features_torch,
     layer_statistic_names,
     layer_statistics,
     network_feature_count,
@@ -48,7 +50,7 @@ from weightspace.evaluation import (
     top_fraction,
     write_results,
 )
-from weightspace.mlp import MLPSpec
+from weightspace.mlp import MLP, MLPSpec, member_params
 from weightspace.symmetry import apply_permutation, mlp_permutation_spec, random_permutations
 from weightspace.zoo import Zoo
 
@@ -356,6 +358,53 @@ def test_product_spectra_are_those_of_the_end_to_end_maps_and_invariant():
     )
 
 
+def test_function_features_are_one_networks_loss_gradient_and_outputs():
+    spec, gen, params = _random_networks(3)
+    x, y = torch.randn(9, 5, generator=gen), torch.randint(0, 3, (9,), generator=gen)
+    f = function_features_torch(params, spec, x, y)
+    names = function_feature_names(spec)
+    assert f.shape == (4, len(names)) and not any(p.requires_grad for p in params.values())
+    col = dict(zip(names, f[2]))
+    net = MLP(spec)  # member 2 as a plain module, its loss and gradient by autograd
+    net.load_state_dict(member_params(params, 2))
+    out = net(x)
+    loss = torch.nn.functional.cross_entropy(out, y)
+    grad_norm = torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(net.parameters()))])
+    out, prob = out.detach(), out.detach().softmax(-1)
+    expected = {
+        "f/log_out_rms": out.pow(2).mean().sqrt().log(),
+        "f/log_out_spread": out.std(0, correction=0).mean().log(),
+        "f/confidence": prob.max(-1).values.mean(),
+        "f/log_entropy": (-(prob * prob.log()).sum(-1)).mean().log(),
+        "f/log_margin": out.topk(2, -1).values.diff(dim=-1).neg().mean().log(),
+        "f/log_loss": loss.detach().log(),
+        "f/log_grad_norm": grad_norm.norm().log(),
+    }
+    for name, value in expected.items():
+        torch.testing.assert_close(col[name], value, rtol=1e-4, atol=1e-5, msg=name)
+    # The same under no_grad and inference mode (the evaluation's and Lightning's contexts).
+    with torch.inference_mode():
+        torch.testing.assert_close(function_features_torch(params, spec, x, y), f)
+    # Functions of the network's function and of the gradient's norm: hidden-unit order
+    # moves nothing.
+    ps = mlp_permutation_spec(spec)
+    permuted = apply_permutation(ps, random_permutations(ps, 4, gen), params)
+    torch.testing.assert_close(function_features_torch(permuted, spec, x, y), f)
+    # Regression targets: no softmax columns, mean squared error as the loss.
+    reg = MLPSpec((5, 7, 6, 1))
+    reg_params = {k: torch.randn(4, *s, generator=gen) for k, s in reg.param_shapes().items()}
+    target = torch.randn(9, 1, generator=gen)
+    g = function_features_torch(reg_params, reg, x, target)
+    assert g.shape == (4, 4) == (4, len(function_feature_names(reg)))
+    reg_out = MLP(reg)
+    reg_out.load_state_dict(member_params(reg_params, 0))
+    mse = (reg_out(x) - target).pow(2).mean()
+    torch.testing.assert_close(g[0, 2], mse.detach().log(), rtol=1e-5, atol=1e-6)
+    every = network_features_torch(params, spec, probe=(x, y))
+    assert every.shape[1] == network_feature_count(spec, function=True) == 8 * 6 + 7
+    torch.testing.assert_close(every[:, -7:], f)
+
+
 def test_pca_baseline_clamps_components_and_reconstructs_its_span():
     rng = np.random.default_rng(5)
     x = rng.normal(size=(10, 3)) @ rng.normal(size=(3, 40))  # rank 3
@@ -543,6 +592,29 @@ def test_probe_targets_logs_and_categories(datamodule):
     np.testing.assert_allclose(wd[0], np.log10([5e-5, 1.5e-4, 1e-2 + 5e-5]))
 
 
+def test_invariants_reference_carries_what_the_model_reads(datamodule, digits, monkeypatch):
+    """A model that reads the product spectra and the function features gets a reference
+    of the same features, on the model's own probe inputs."""
+    model = PCAModel(load_split(datamodule, "train").weights, 3)
+    model.hparams = {"stats_products": True, "stats_function": True}
+    model.probe_inputs, model.probe_targets = digits.x_train[:32], digits.y_train[:32]
+    seen = {}
+
+    def spy(reps, *args, **kwargs):
+        seen.update(reps)
+        return probe_table(reps, *args, **kwargs)
+
+    monkeypatch.setattr("weightspace.evaluation.probe_table", spy)
+    evaluate_autoencoder(model, datamodule, digits, n_samples=4, boosting=False)
+    spec, test = datamodule.spec, load_split(datamodule, "test")
+    probe = (model.probe_inputs, model.probe_targets)
+    assert seen["invariants"][2].shape[1] == network_feature_count(spec, True, True, True)
+    np.testing.assert_allclose(
+        seen["invariants"][2], layer_statistics(test.params, spec, True, True, probe)
+    )
+    np.testing.assert_allclose(seen["stats"][2], layer_statistics(test.params, spec))
+
+
 def test_evaluate_autoencoder_end_to_end(datamodule, digits, tmp_path):
     train = load_split(datamodule, "train")
     model = PCAModel(train.weights, 4)
@@ -560,7 +632,7 @@ def test_evaluate_autoencoder_end_to_end(datamodule, digits, tmp_path):
     for name in ("activation", "optimizer", "init", "log_weight_decay"):
         assert noted[name] == "constant"
     reps = set(probes["representation"])
-    assert reps == {"chance", "latent", "stats", "stats+spectra", "raw", "pca"}
+    assert reps == {"chance", "latent", "stats", "invariants", "raw", "pca"}
     assert set(probes.loc[probes.probe == "boosting", "representation"]) == {"latent", "stats"}
     # The fake model *is* the PCA of the same width: its linear probes match the PCA's.
     lin = probes[probes.probe.isin(["ridge", "logistic"]) & ok].set_index(["target", "metric"])
@@ -609,7 +681,7 @@ def test_evaluate_autoencoder_end_to_end(datamodule, digits, tmp_path):
     data = json.loads(paths["json"].read_text())  # strict JSON: NaN written as null
     assert set(data) == {"info", "reconstruction", "generation", "probes", "comparisons"}
     comp = pd.read_csv(paths["comparisons"])
-    assert set(comp["baseline"]) == {"stats", "stats+spectra", "raw", "pca"}
+    assert set(comp["baseline"]) == {"stats", "invariants", "raw", "pca"}
     assert set(comp["verdict"].dropna()) <= {"better", "worse", "tied"}
     assert len(comp) == len(res["comparisons"]) > 0
     assert data["reconstruction"]["pca"]["n_networks"] == 6

@@ -325,7 +325,7 @@ def test_probe_sentence_compares_like_with_like_and_leaves_the_reference_out():
 
     row = {"target": "init", "metric": "acc", "chance": "0.25"}
     row |= {"latent linear": "0.95", "latent boosting": "0.90", "stats linear": "0.73"}
-    row |= {"stats boosting": "0.96", "stats+spectra linear": "0.99", "pca linear": "0.40"}
+    row |= {"stats boosting": "0.96", "invariants linear": "0.99", "pca linear": "0.40"}
     const = {k: "constant" for k in row} | {"target": "activation"}
     s = Section()
     _probe_sentence(s, pd.DataFrame([row, const]))

@@ -313,7 +313,8 @@ def nt_xent(a: Tensor, b: Tensor, temperature: float) -> Tensor:
 
 
 def probe_inputs(x: Tensor, n: int, seed: int = 0) -> Tensor:
-    """``n`` rows of ``x`` drawn without replacement (all of them if there are fewer)."""
+    """``n`` rows of ``x`` drawn without replacement (all of them if there are fewer); the
+    same ``seed`` draws the same rows of an equally long ``y`` (their labels)."""
     gen = torch.Generator().manual_seed(seed)
     return x[torch.randperm(len(x), generator=gen)[:n]].clone()
 
@@ -352,6 +353,11 @@ class WeightAutoencoder(pl.LightningModule):
         stats_products: ... and the singular values of the layer products W_l..W_0
             (:func:`~weightspace.baselines.product_spectrum_torch`), which read how far
             training moved the end-to-end maps from a product of random matrices.
+        stats_function: ... and the function features on the probe inputs with their labels
+            (:func:`~weightspace.baselines.function_features_torch`: output scale and
+            spread, confidence, entropy, margin, loss, gradient norm), which read how the
+            network behaves where weights alone confuse a large learning rate with a long
+            training.
         stats_mean, stats_std: the statistics' training-split mean and std (plain lists;
             :meth:`from_datamodule` fills them when either option is on).
         n_probe: number of probe inputs (a buffer, filled from ``probe_inputs``).
@@ -360,6 +366,8 @@ class WeightAutoencoder(pl.LightningModule):
         warmup_steps: linear warmup before the cosine decay.
         probe_inputs: ``(n_probe, widths[0])`` task inputs; not a hyperparameter (they travel in
             the state dict). Left out when loading a checkpoint.
+        probe_targets: their labels (class indices ``(n_probe,)``, or regression targets
+            ``(n_probe, out)``), needed with ``stats_function`` only; like ``probe_inputs``.
     """
 
     def __init__(
@@ -381,6 +389,7 @@ class WeightAutoencoder(pl.LightningModule):
         stats_input: bool | str = False,
         stats_spectrum: bool = False,
         stats_products: bool = False,
+        stats_function: bool = False,
         stats_mean: Sequence[float] | None = None,
         stats_std: Sequence[float] | None = None,
         n_probe: int = 256,
@@ -389,9 +398,10 @@ class WeightAutoencoder(pl.LightningModule):
         scheduler: str | None = "cosine",
         warmup_steps: int = 0,
         probe_inputs: Tensor | None = None,
+        probe_targets: Tensor | None = None,
     ):
         super().__init__()
-        self.save_hyperparameters(ignore=["probe_inputs"])
+        self.save_hyperparameters(ignore=["probe_inputs", "probe_targets"])
         if functional_kind not in FUNCTIONAL_KINDS:
             raise ConfigError(f"functional_kind: '{functional_kind}' (choose mse or kl)")
         if functional_kind == "kl" and widths[-1] < 2:
@@ -408,7 +418,7 @@ class WeightAutoencoder(pl.LightningModule):
         if stats_input not in STATS_INPUTS:
             raise ConfigError(f"stats_input: '{stats_input}' (choose false, add or concat)")
         spec = MLPSpec(tuple(widths), activations[0], bias)
-        n_stats = network_feature_count(spec, stats_spectrum, stats_products)
+        n_stats = network_feature_count(spec, stats_spectrum, stats_products, stats_function)
         concat = stats_input == "concat"
         if concat and stats_weight > 0:
             raise ConfigError(
@@ -465,6 +475,23 @@ class WeightAutoencoder(pl.LightningModule):
         self.register_buffer(
             "probe_inputs", torch.zeros(shape) if probe_inputs is None else probe_inputs.float()
         )
+        if stats_function and len(self.activations) > 1:
+            raise ConfigError(
+                f"stats_function: needs a zoo of one activation, this one mixes "
+                f"{', '.join(self.activations)}"
+            )
+        if stats_function:  # (a buffer only then: earlier checkpoints reload strictly)
+            classes = self.spec.widths[-1] > 1
+            tshape = (n_probe,) if classes else (n_probe, self.spec.widths[-1])
+            if probe_targets is not None and tuple(probe_targets.shape) != tshape:
+                raise ConfigError(
+                    f"probe_targets: shape {tuple(probe_targets.shape)}, expected {tshape}"
+                )
+            if probe_targets is None:
+                probe_targets = torch.zeros(tshape, dtype=torch.long if classes else None)
+            self.register_buffer(
+                "probe_targets", probe_targets.long() if classes else probe_targets.float()
+            )
 
     @classmethod
     def from_datamodule(
@@ -478,15 +505,16 @@ class WeightAutoencoder(pl.LightningModule):
         spec = datamodule.spec
         task = datamodule.full_dataset.zoos[0].task()  # zoos of one datamodule share widths
         probe = probe_inputs(task.x_train, n_probe, probe_seed)
+        labels = probe_inputs(task.y_train, n_probe, probe_seed)
         if hparams.get("stats_weight", 0) > 0 or hparams.get("stats_input", False):
             train = datamodule.dataset("train")
             gen = torch.Generator().manual_seed(probe_seed)
             idx = torch.randperm(len(train), generator=gen)[:4096].sort().values
-            stats = network_features_torch(
+            stats = cls._features(
                 {k: v.double() for k, v in train.params(idx.numpy()).items()},
                 spec,
-                hparams.get("stats_spectrum", False),
-                hparams.get("stats_products", False),
+                hparams,
+                (probe.double(), labels),
             )
             hparams.setdefault("stats_mean", stats.mean(0).tolist())
             hparams.setdefault("stats_std", stats.std(0).clamp_min(1e-8).tolist())
@@ -497,6 +525,7 @@ class WeightAutoencoder(pl.LightningModule):
             normalizer=None if datamodule.normalizer is None else datamodule.normalizer.to_dict(),
             n_probe=len(probe),
             probe_inputs=probe,
+            probe_targets=labels if hparams.get("stats_function", False) else None,
             **hparams,
         )
 
@@ -514,16 +543,30 @@ class WeightAutoencoder(pl.LightningModule):
             x = self.flat_weights(x)
         return self._encode_flat(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)
 
+    @staticmethod
+    def _features(
+        params: Params, spec: MLPSpec, hparams: Mapping[str, Any], probe: tuple[Tensor, Tensor]
+    ) -> Tensor:
+        """The invariant features the hyperparameters ask for, unstandardized."""
+        return network_features_torch(
+            params,
+            spec,
+            bool(hparams.get("stats_spectrum", False)),
+            bool(hparams.get("stats_products", False)),
+            probe if hparams.get("stats_function", False) else None,
+        )
+
     def weight_statistics(self, flat: Tensor) -> Tensor:
-        """Standardized per-layer statistics ``(N, 8 * n_tensors [+ n_singular_values])`` of
-        networks given as normalized flat weights ``(N, D)`` (spectra with ``stats_spectrum``)."""
+        """Standardized invariant features ``(N, S)`` of networks given as normalized flat
+        weights ``(N, D)``: per-layer statistics, then the spectra, product spectra and
+        function features the ``stats_*`` options ask for."""
         # In float64: a bias's mean is a small difference of large sums, and standardizing
         # by a small spread across the zoo would magnify float32 rounding.
         params = unflatten_params(self.denormalize(flat).double(), self.spec)
-        hp = self.hparams
-        stats = network_features_torch(
-            params, self.spec, hp.stats_spectrum, hp.get("stats_products", False)
-        )
+        probe = None
+        if self.hparams.get("stats_function", False):
+            probe = (self.probe_inputs.double(), self.probe_targets)
+        stats = self._features(params, self.spec, self.hparams, probe)
         return ((stats - self.stats_mean.double()) / self.stats_std.double()).to(flat.dtype)
 
     def _encode_flat(self, flat: Tensor, stats: Tensor | None = None) -> Tensor:

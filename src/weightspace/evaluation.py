@@ -1051,7 +1051,7 @@ def evaluate_autoencoder(
     latent_dim: int | None = None,
     *,
     targets: Sequence[str] = DEFAULT_TARGETS,
-    boosting: bool | Collection[str] = ("latent", "stats", "stats+spectra", "pca"),
+    boosting: bool | Collection[str] = ("latent", "stats", "invariants", "pca"),
     density: str = "gaussian",
     top: float = 0.3,
     n_samples: int = 256,
@@ -1070,10 +1070,12 @@ def evaluate_autoencoder(
     ``nn.Module`` is switched to eval mode meanwhile.
 
     - Probes (:func:`probe_table`): fitted on train, chosen on val, scored on test, for the
-      latent, layer statistics ("stats"), the statistics with every weight matrix's log
-      singular values ("stats+spectra", the reference for a latent that reads them,
-      ``model.stats_spectrum``; with the layer products' too when the model reads those,
-      ``model.stats_products``), raw normalized weights ("raw") and a PCA of
+      latent, layer statistics ("stats"), the invariant features alone ("invariants": the
+      statistics with every weight matrix's log singular values, the reference for a latent
+      that reads them, ``model.stats_spectrum``; with the layer products' and the function
+      features too when the model reads those, ``model.stats_products`` /
+      ``model.stats_function``, on the model's own probe inputs), raw normalized weights
+      ("raw") and a PCA of
       ``latent_dim`` components fitted on train ("pca"); ``boosting`` names the
       representations that also get a boosting probe (raw weights are too wide by default).
     - Reconstruction (:func:`reconstruction_metrics`) of the test networks by the model and
@@ -1131,13 +1133,16 @@ def evaluate_autoencoder(
     order = ("train", "val", "test")
     pca = fit_pca(splits["train"].weights.double().numpy(), width, seed)
     # The reference for a latent that carries the invariant features carries the same ones.
-    products = bool((getattr(model, "hparams", None) or {}).get("stats_products", False))
+    hparams = getattr(model, "hparams", None) or {}
+    products = bool(hparams.get("stats_products", False))
+    probe = None
+    if hparams.get("stats_function", False):
+        probe = (model.probe_inputs.detach().cpu(), model.probe_targets.detach().cpu())
     reps: dict[str, Split3] = {
         "latent": tuple(z[s].double().numpy() for s in order),
         "stats": tuple(layer_statistics(splits[s].params, spec) for s in order),
-        "stats+spectra": tuple(
-            layer_statistics(splits[s].params, spec, spectrum=True, products=products)
-            for s in order
+        "invariants": tuple(
+            layer_statistics(splits[s].params, spec, True, products, probe) for s in order
         ),
         "raw": tuple(splits[s].weights.double().numpy() for s in order),
         "pca": tuple(pca.transform(splits[s].weights.double().numpy()) for s in order),

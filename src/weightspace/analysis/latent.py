@@ -694,8 +694,9 @@ def section_latent(run: Run, opts: Mapping[str, Any], zoo_root=None, seed: int =
 
 def _probe_sentence(s: Section, table: pd.DataFrame) -> None:
     """One sentence per target comparing each latent probe (linear, boosting) with the best
-    of the field's baselines under the same probe ("stats+spectra" is a reference for latents
-    that carry those features, not a baseline: left out here)."""
+    of the field's baselines under the same probe ("invariants", named "stats+spectra" in
+    runs before it carried function features, is a reference for latents that carry those
+    features, not a baseline: left out here)."""
     if "target" not in table:
         return
     parts = []
@@ -709,7 +710,7 @@ def _probe_sentence(s: Section, table: pd.DataFrame) -> None:
                 c[: -len(kind) - 1]: float(row[c])
                 for c in table.columns
                 if c.endswith(f" {kind}")
-                and not c.startswith(("latent", "stats+spectra"))
+                and not c.startswith(("latent", "invariants", "stats+spectra"))
                 and _is_float(row[c])
             }
             if base:
