@@ -31,6 +31,7 @@ from weightspace.dataset import (
 from weightspace.derive import derive
 from weightspace.errors import ConfigError, ZooError
 from weightspace.mlp import MLPSpec, forward
+from weightspace.symmetry import apply_permutation, mlp_permutation_spec, random_permutations
 from weightspace.train_ae import (
     CONFIG_DIR,
     CONFIG_NAME,
@@ -46,7 +47,9 @@ SCRIPT = REPO / "scripts" / "train_autoencoder.py"
 SMALL = {
     "mlp": {"kind": "mlp", "hidden": [64]},
     "transformer": {"kind": "transformer", "d_model": 32, "n_heads": 2, "n_layers": 1},
+    "probe": {"kind": "probe", "hidden": [64]},
 }
+DECODER_OF = {"probe": "mlp"}  # the decoder kind tests pair with an encoder kind
 SMALL_OVERRIDES = (
     "evaluate=false",  # weightspace.evaluation is tested on its own
     "model.n_probe=64",
@@ -66,7 +69,7 @@ def ae_cfg(root: Path, zoo: Path | None, *overrides: str) -> DictConfig:
     """The real autoencoder config with small parts, everything written under ``root``."""
     choice = dict(o.split("=", 1) for o in overrides if o.startswith(("encoder=", "decoder=")))
     encoder = choice.get("encoder", "mlp")
-    decoder = choice.get("decoder", encoder)
+    decoder = choice.get("decoder", DECODER_OF.get(encoder, encoder))
     base = [f"paths.root_dir={root}", f"run_dir={root / 'run'}", *SMALL_OVERRIDES]
     base += [f"zoo={zoo}"] if zoo is not None else []
     base += part_overrides("encoder", encoder) + part_overrides("decoder", decoder)
@@ -92,7 +95,7 @@ def views_datamodule(api_zoo_path) -> WeightDataModule:
 
 def small_model(dm: WeightDataModule, encoder: str = "mlp", **hparams) -> WeightAutoencoder:
     torch.manual_seed(0)
-    parts = {"encoder": SMALL[encoder], "decoder": SMALL[encoder]}
+    parts = {"encoder": SMALL[encoder], "decoder": SMALL[DECODER_OF.get(encoder, encoder)]}
     return WeightAutoencoder.from_datamodule(dm, n_probe=64, scheduler=None, **parts, **hparams)
 
 
@@ -113,6 +116,7 @@ LOSSES = {
         ("functional", "mlp"),
         ("stats", "mlp"),
         ("recon", "transformer"),
+        ("recon", "probe"),
     ],
 )
 def test_each_loss_decreases(loss, encoder, datamodule, views_datamodule):
@@ -130,7 +134,7 @@ def test_each_loss_decreases(loss, encoder, datamodule, views_datamodule):
     assert values[-1] < 0.7 * values[0], f"{loss}: {values[0]:.4f} -> {values[-1]:.4f}"
 
 
-@pytest.mark.parametrize("encoder", ["mlp", "transformer"])
+@pytest.mark.parametrize("encoder", ["mlp", "transformer", "probe"])
 def test_functional_gradient_reaches_the_decoder(encoder, datamodule):
     model = small_model(datamodule, encoder, recon_weight=0.0, functional_weight=1.0)
     batch = next(iter(datamodule.train_dataloader()))
@@ -260,6 +264,30 @@ def test_outputs_use_each_members_activation():
         )
 
 
+def test_probe_encoder_is_invariant_to_the_networks_symmetries(datamodule):
+    """The probe encoder reads what a network computes: hidden-unit permutations and relu's
+    rescaling leave its latent unchanged, while another network moves it."""
+    model = small_model(datamodule, "probe").eval()
+    spec, norm = model.spec, datamodule.normalizer
+    flat = next(iter(datamodule.val_dataloader()))["weights"]
+    params = norm.denormalize_params(unflatten_params(flat, spec))
+    gen = torch.Generator().manual_seed(0)
+    ps = mlp_permutation_spec(spec)
+    moved = apply_permutation(ps, random_permutations(ps, len(flat), gen), params)
+    c = torch.rand(len(flat), spec.widths[1], generator=gen) + 0.5  # relu: scale a unit's in/out
+    moved["layers.0.weight"] = moved["layers.0.weight"] * c[:, :, None]
+    moved["layers.0.bias"] = moved["layers.0.bias"] * c
+    moved["layers.1.weight"] = moved["layers.1.weight"] / c[:, None, :]
+    moved_flat = flatten_params(norm.normalize_params(moved), spec)
+    assert not torch.allclose(moved_flat, flat, atol=1e-3)  # other weights ...
+    with torch.no_grad():
+        z = model.encode(flat)
+        torch.testing.assert_close(model.encode(moved_flat), z, rtol=1e-4, atol=1e-4)  # same latent
+        assert not torch.allclose(model.encode(flat.roll(1, 0)), z, atol=1e-3)
+    with pytest.raises(ConfigError, match=r"^encoder.kind: probe needs a zoo of one activation"):
+        WeightAutoencoder(widths=spec.widths, activations=["relu", "tanh"], encoder=SMALL["probe"])
+
+
 def test_bad_options_are_config_errors(datamodule):
     with pytest.raises(ConfigError, match="functional_kind"):
         small_model(datamodule, functional_kind="l1")
@@ -278,7 +306,7 @@ def test_bad_options_are_config_errors(datamodule):
         model.compute_losses(next(iter(datamodule.train_dataloader())))
 
 
-@pytest.mark.parametrize("encoder", ["mlp", "transformer"])
+@pytest.mark.parametrize("encoder", ["mlp", "transformer", "probe"])
 def test_checkpoint_reloads_strictly_with_identical_outputs(encoder, views_datamodule, tmp_path):
     model = small_model(
         views_datamodule,
@@ -316,7 +344,7 @@ def test_checkpoint_reloads_strictly_with_identical_outputs(encoder, views_datam
 
 
 # --------------------------------------------------------------------------- train(cfg)
-@pytest.mark.parametrize("encoder", ["mlp", "transformer"])
+@pytest.mark.parametrize("encoder", ["mlp", "transformer", "probe"])
 def test_train_fast_dev_run(encoder, api_zoo_path, tmp_path):
     cfg = ae_cfg(
         tmp_path,

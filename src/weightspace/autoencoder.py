@@ -114,9 +114,10 @@ def _transformer_layer(kind: type[nn.Module], d_model: int, n_heads: int, dropou
 
 # --------------------------------------------------------------------------- encoders
 # Every encoder maps normalized flat weights (N, D) to latents (N, latent_dim) and is built as
-# ``cls(spec, latent_dim, **options)``. A permutation-invariant encoder (equivariant layers
-# over each layer's weight tensor, e.g. neural functionals, then invariant pooling) follows the
-# same interface: add its class to ENCODERS and a conf/encoder/<kind>.yaml.
+# ``cls(spec, latent_dim, **options)`` — or, if its class sets ``reads_outputs``, maps the
+# network's outputs on the model's probe inputs (N, n_probe, out) and also gets ``n_probe``.
+# An equivariant encoder over each layer's weight tensor (neural functionals, then invariant
+# pooling) follows the same interface: add its class to ENCODERS and a conf/encoder/<kind>.yaml.
 class MLPEncoder(nn.Module):
     """Fully connected encoder on the flat weight vector."""
 
@@ -136,6 +137,40 @@ class MLPEncoder(nn.Module):
 
     def forward(self, flat: Tensor) -> Tensor:
         return self.net(flat)  # (N, D) -> (N, latent)
+
+
+class ProbeEncoder(nn.Module):
+    """Permutation-invariant by construction: an MLP on what the network computes on the
+    model's probe inputs, not on its weights. Every weight-space symmetry that keeps the
+    function (hidden-unit permutations, relu's rescaling) leaves the latent unchanged, and no
+    alignment is needed; what the probe inputs do not exercise, it cannot see.
+
+    Classifiers' outputs enter as log-probabilities, clamped at -30 and in units of 10 nats
+    (a softmax shift changes nothing; confidence stays visible); regression outputs as they
+    are."""
+
+    reads_outputs = True
+
+    def __init__(
+        self,
+        spec: MLPSpec,
+        latent_dim: int,
+        n_probe: int = 256,
+        hidden: Sequence[int] = (512, 256),
+        activation: str = "gelu",
+        dropout: float = 0.0,
+        layer_norm: bool = True,
+    ):
+        super().__init__()
+        self.classes = spec.widths[-1] > 1
+        self.net = mlp_layers(
+            [n_probe * spec.widths[-1], *hidden, latent_dim], activation, dropout, layer_norm
+        )
+
+    def forward(self, outputs: Tensor) -> Tensor:  # (N, n_probe, out) -> (N, latent)
+        if self.classes:
+            outputs = outputs.log_softmax(-1).clamp_min(-30.0) / 10.0
+        return self.net(outputs.flatten(1))
 
 
 class TransformerEncoder(nn.Module):
@@ -279,7 +314,11 @@ class TransformerDecoder(nn.Module):
 
 
 STATS_INPUTS = (False, True, "add", "concat")
-ENCODERS: dict[str, type[nn.Module]] = {"mlp": MLPEncoder, "transformer": TransformerEncoder}
+ENCODERS: dict[str, type[nn.Module]] = {
+    "mlp": MLPEncoder,
+    "transformer": TransformerEncoder,
+    "probe": ProbeEncoder,
+}
 DECODERS: dict[str, type[nn.Module]] = {"mlp": MLPDecoder, "transformer": TransformerDecoder}
 
 
@@ -430,9 +469,16 @@ class WeightAutoencoder(pl.LightningModule):
         self.spec = MLPSpec(tuple(widths), activations[0], bias)
         self.activations = list(activations)
         self.normalizer = None if normalizer is None else LayerNormalizer.from_dict(normalizer)
-        self.encoder = build_part(
-            ENCODERS, "encoder", encoder or {"kind": "mlp"}, self.spec, latent_dim
-        )
+        encoder = dict(encoder or {"kind": "mlp"})
+        self.reads_outputs = getattr(ENCODERS.get(encoder.get("kind")), "reads_outputs", False)
+        if self.reads_outputs:
+            if len(self.activations) > 1:
+                raise ConfigError(
+                    f"encoder.kind: {encoder['kind']} needs a zoo of one activation, this one "
+                    f"mixes {', '.join(self.activations)}"
+                )
+            encoder["n_probe"] = n_probe
+        self.encoder = build_part(ENCODERS, "encoder", encoder, self.spec, latent_dim)
         self.decoder = build_part(
             DECODERS, "decoder", decoder or {"kind": "mlp"}, self.spec, self.latent_width
         )
@@ -570,7 +616,7 @@ class WeightAutoencoder(pl.LightningModule):
         return ((stats - self.stats_mean.double()) / self.stats_std.double()).to(flat.dtype)
 
     def _encode_flat(self, flat: Tensor, stats: Tensor | None = None) -> Tensor:
-        z = self.encoder(flat)
+        z = self.encoder(self.network_outputs(flat) if self.reads_outputs else flat)
         if self.stats_in is None and not self.stats_concat:
             return z
         stats = self.weight_statistics(flat) if stats is None else stats
