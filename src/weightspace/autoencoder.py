@@ -591,9 +591,13 @@ class WeightAutoencoder(pl.LightningModule):
 
     @staticmethod
     def _features(
-        params: Params, spec: MLPSpec, hparams: Mapping[str, Any], probe: tuple[Tensor, Tensor]
+        params: Params,
+        spec: MLPSpec,
+        hparams: Mapping[str, Any],
+        probe: tuple[Tensor, Tensor] | None,
     ) -> Tensor:
-        """The invariant features the hyperparameters ask for, unstandardized."""
+        """The invariant features the hyperparameters ask for, unstandardized; ``probe``
+        (inputs, labels) is used with ``stats_function`` only."""
         return network_features_torch(
             params,
             spec,
