@@ -83,13 +83,14 @@ def planted():
 
 
 # --------------------------------------------------------------------------- probes
-def test_ridge_path_matches_sklearn():
+@pytest.mark.parametrize("n, d", [(30, 50), (50, 30)])  # wide: the dual path; tall: the SVD
+def test_ridge_path_matches_sklearn(n, d):
     rng = np.random.default_rng(1)
-    x, y, xe = rng.normal(size=(30, 50)), rng.normal(size=30), rng.normal(size=(7, 50))
-    alphas = np.array([1e-2, 1.0, 1e3])
+    x, y, xe = rng.normal(size=(n, d)), rng.normal(size=n), rng.normal(size=(7, d))
+    alphas = np.array([1e-3, 1e-2, 1.0, 1e3])
     pred = _ridge_path(x, y, xe, alphas)
     for i, a in enumerate(alphas):
-        np.testing.assert_allclose(pred[:, i], Ridge(alpha=a).fit(x, y).predict(xe), atol=1e-10)
+        np.testing.assert_allclose(pred[:, i], Ridge(alpha=a).fit(x, y).predict(xe), atol=1e-9)
 
 
 def test_ridge_probe_recovers_a_planted_linear_property(planted):

@@ -150,26 +150,54 @@ def _standardizer(x: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     return lambda z: (z - mean) / std
 
 
-_SVD_CACHE: OrderedDict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
+_CACHE: OrderedDict[tuple, tuple[np.ndarray, ...]] = OrderedDict()
 
 
-def _svd(xc: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Thin SVD, remembered for the last few matrices: every target probed on one
-    representation shares it (the SVD of raw weights costs seconds, hashing them ~10 ms)."""
-    key = (xc.shape, hashlib.blake2b(np.ascontiguousarray(xc).data, digest_size=16).digest())
-    if key not in _SVD_CACHE:
-        _SVD_CACHE[key] = np.linalg.svd(xc, full_matrices=False)
-        while len(_SVD_CACHE) > 8:
-            _SVD_CACHE.popitem(last=False)
-    _SVD_CACHE.move_to_end(key)
-    return _SVD_CACHE[key]
+def _cached(kind: str, xc: np.ndarray, compute: Callable[[np.ndarray], tuple[np.ndarray, ...]]):
+    """``compute(xc)``, remembered for the last few matrices: every target probed on one
+    representation shares it (a decomposition of raw weights costs seconds, hashing them
+    ~10 ms)."""
+    digest = hashlib.blake2b(np.ascontiguousarray(xc).data, digest_size=16).digest()
+    key = (kind, xc.shape, digest)
+    if key not in _CACHE:
+        _CACHE[key] = compute(xc)
+        while len(_CACHE) > 8:
+            _CACHE.popitem(last=False)
+    _CACHE.move_to_end(key)
+    return _CACHE[key]
+
+
+def _svd(xc: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Thin SVD ``(U, s, Vt)`` of ``xc``, cached."""
+    return _cached("svd", xc, lambda x: tuple(np.linalg.svd(x, full_matrices=False)))
+
+
+def _gram_eigh(xc: np.ndarray) -> tuple[np.ndarray, ...]:
+    """For a wide ``xc`` ``(n, D)``, n < D: the eigendecomposition ``G = xc xcᵀ = U Λ Uᵀ``
+    as ``(Λ, xcᵀ U, U)``, cached: an n x n problem instead of an SVD over D columns."""
+
+    def compute(x: np.ndarray) -> tuple[np.ndarray, ...]:
+        lam, u = np.linalg.eigh(x @ x.T)
+        return lam, x.T @ u, u
+
+    return _cached("gram", xc, compute)
 
 
 def _ridge_path(x: np.ndarray, y: np.ndarray, x_eval: np.ndarray, alphas: np.ndarray) -> np.ndarray:
     """Predictions ``(n_eval, n_alphas)`` of ridge regressions with an intercept,
-    ``min ||y - b - X w||² + alpha ||w||²``, for all alphas from one SVD of centred X."""
+    ``min ||y - b - X w||² + alpha ||w||²``, for all alphas from one decomposition of centred
+    X: its SVD, or for wide X (more features than rows, e.g. raw weights) the
+    eigendecomposition of its Gram matrix, the same predictions in dual form
+    ``X_eval Xᵀ (X Xᵀ + alpha I)⁻¹ y`` at a fraction of the cost."""
     xm, ym = x.mean(0), y.mean()
-    u, s, vt = _svd(x - xm)  # (n, k), (k,), (k, D)
+    xc = x - xm
+    if xc.shape[0] < xc.shape[1]:
+        lam, xtu, u = _gram_eigh(xc)  # (n,), (D, n), (n, n)
+        uty = u.T @ (y - ym)  # (n,)
+        # (eigenvalues of a Gram matrix are >= 0; rounding may leave tiny negatives)
+        inv = 1.0 / (np.clip(lam, 0.0, None) + alphas[:, None])  # (A, n)
+        return ((x_eval - xm) @ xtu) @ (inv * uty).T + ym
+    u, s, vt = _svd(xc)  # (n, k), (k,), (k, D)
     uty = u.T @ (y - ym)  # (k,)
     shrink = s / (s**2 + alphas[:, None])  # (A, k)
     proj = (x_eval - xm) @ vt.T  # (n_eval, k)
