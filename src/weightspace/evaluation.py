@@ -168,41 +168,35 @@ def _cached(kind: str, xc: np.ndarray, compute: Callable[[np.ndarray], tuple[np.
     return _CACHE[key]
 
 
-def _svd(xc: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Thin SVD ``(U, s, Vt)`` of ``xc``, cached."""
-    return _cached("svd", xc, lambda x: tuple(np.linalg.svd(x, full_matrices=False)))
-
-
 def _gram_eigh(xc: np.ndarray) -> tuple[np.ndarray, ...]:
-    """For a wide ``xc`` ``(n, D)``, n < D: the eigendecomposition ``G = xc xcᵀ = U Λ Uᵀ``
-    as ``(Λ, xcᵀ U, U)``, cached: an n x n problem instead of an SVD over D columns."""
+    """The eigendecomposition of the smaller Gram matrix of ``xc`` ``(n, D)``, cached:
+    ``xc xcᵀ = U Λ Uᵀ`` if n < D (returned as ``(Λ, U, xcᵀ U)``), else
+    ``xcᵀ xc = V Λ Vᵀ`` (as ``(Λ, xc V, V)``): a min(n, D)-sized problem."""
 
     def compute(x: np.ndarray) -> tuple[np.ndarray, ...]:
-        lam, u = np.linalg.eigh(x @ x.T)
-        return lam, x.T @ u, u
+        if x.shape[0] < x.shape[1]:
+            lam, u = np.linalg.eigh(x @ x.T)
+            return lam, u, x.T @ u
+        lam, v = np.linalg.eigh(x.T @ x)
+        return lam, x @ v, v
 
     return _cached("gram", xc, compute)
 
 
 def _ridge_path(x: np.ndarray, y: np.ndarray, x_eval: np.ndarray, alphas: np.ndarray) -> np.ndarray:
     """Predictions ``(n_eval, n_alphas)`` of ridge regressions with an intercept,
-    ``min ||y - b - X w||² + alpha ||w||²``, for all alphas from one decomposition of centred
-    X: its SVD, or for wide X (more features than rows, e.g. raw weights) the
-    eigendecomposition of its Gram matrix, the same predictions in dual form
-    ``X_eval Xᵀ (X Xᵀ + alpha I)⁻¹ y`` at a fraction of the cost."""
+    ``min ||y - b - X w||² + alpha ||w||²``, for all alphas from one eigendecomposition of
+    centred X's smaller Gram matrix: ``XᵀX = V Λ Vᵀ`` gives ``w = V diag(1 / (Λ + alpha))
+    Vᵀ Xᵀ y``; for wide X (raw weights: more features than rows) ``XXᵀ = U Λ Uᵀ`` gives the
+    predictions in dual form, ``X_eval Xᵀ U diag(1 / (Λ + alpha)) Uᵀ y``. The SVD's
+    solution without dividing by singular values, and never more than a min(n, D)-sized
+    problem."""
     xm, ym = x.mean(0), y.mean()
-    xc = x - xm
-    if xc.shape[0] < xc.shape[1]:
-        lam, xtu, u = _gram_eigh(xc)  # (n,), (D, n), (n, n)
-        uty = u.T @ (y - ym)  # (n,)
-        # (eigenvalues of a Gram matrix are >= 0; rounding may leave tiny negatives)
-        inv = 1.0 / (np.clip(lam, 0.0, None) + alphas[:, None])  # (A, n)
-        return ((x_eval - xm) @ xtu) @ (inv * uty).T + ym
-    u, s, vt = _svd(xc)  # (n, k), (k,), (k, D)
-    uty = u.T @ (y - ym)  # (k,)
-    shrink = s / (s**2 + alphas[:, None])  # (A, k)
-    proj = (x_eval - xm) @ vt.T  # (n_eval, k)
-    return proj @ (shrink * uty).T + ym
+    lam, a, b = _gram_eigh(x - xm)  # (k,), (n, k), (D, k): U, XᵀU or XV, V
+    # (eigenvalues of a Gram matrix are >= 0; rounding may leave tiny negatives)
+    inv = 1.0 / (np.clip(lam, 0.0, None) + alphas[:, None])  # (A, k)
+    aty = a.T @ (y - ym)  # (k,)
+    return ((x_eval - xm) @ b) @ (inv * aty).T + ym
 
 
 def _fit_rows(
