@@ -214,7 +214,7 @@ def function_features_torch(
     grad_norm = torch.sqrt(sum(g.flatten(1).pow(2).sum(1) for g in grads))
     cols = [_log(out.pow(2).mean((1, 2)).sqrt()), _log(out.std(1, correction=0).mean(-1))]
     if spec.widths[-1] > 1:
-        logp = out.log_softmax(-1)
+        logp = logp.detach() if classification else out.log_softmax(-1)
         prob = logp.exp()
         top2 = out.topk(2, -1).values
         cols += [
@@ -244,12 +244,11 @@ def network_features_torch(
     spectrum: bool = False,
     products: bool = False,
     probe: tuple[Tensor, Tensor] | None = None,
-    activation: str | None = None,
 ) -> Tensor:
     """:func:`layer_statistics_torch`, followed by the logarithms of :func:`spectrum_torch`
     if ``spectrum`` and of :func:`product_spectrum_torch` if ``products`` (singular values
     below ``1e-6`` count as ``1e-6``), then by :func:`function_features_torch` on ``probe``
-    ``(inputs, labels)`` if given (with ``activation``, default the spec's): the
+    ``(inputs, labels)`` if given (with the spec's activation): the
     permutation-invariant features the autoencoder reads and predicts. On a log scale the
     shape of a spectrum (ratios of singular values, which training changes and the init
     scheme sets) is linear in the features."""
@@ -259,7 +258,7 @@ def network_features_torch(
     if products:
         parts.append(product_spectrum_torch(params, spec).clamp_min(1e-6).log())
     if probe is not None:
-        parts.append(function_features_torch(params, spec, *probe, activation))
+        parts.append(function_features_torch(params, spec, *probe))
     return torch.cat(parts, 1)
 
 
