@@ -56,8 +56,8 @@ def make_template(root: Path) -> Path:
     from hydra import compose, initialize_config_dir
 
     from weightspace.config import CONF_DIR
-    from weightspace.generate import generate
-    from weightspace.zoo import MANIFEST
+    from weightspace.zoo.generate import generate
+    from weightspace.zoo.store import MANIFEST
 
     path = root / "zoos" / "large-template"
     if (path / MANIFEST).exists():
@@ -82,7 +82,7 @@ def synthesize(template: Path, n: int, path: Path) -> Path:
     """A zoo of ``n`` members in the zoo format, cycled from ``template`` plus 1% noise."""
     import torch
 
-    from weightspace.zoo import MANIFEST, Zoo, ZooWriter
+    from weightspace.zoo.store import MANIFEST, Zoo, ZooWriter
 
     if (path / MANIFEST).exists() and Zoo.open(path).manifest["n_members"] == n:
         return path

@@ -23,8 +23,8 @@ import time
 
 import torch
 
-from weightspace.mlp import MLP, MLPSpec, forward
-from weightspace.population import sample_population
+from weightspace.nets.forward import MLP, forward
+from weightspace.nets.spec import MLPSpec
 from weightspace.symmetry import (
     apply_transform,
     canonicalize,
@@ -33,8 +33,9 @@ from weightspace.symmetry import (
     weight_distance,
     weight_matching,
 )
-from weightspace.tasks import load_task
-from weightspace.train import per_example_loss, train_population
+from weightspace.zoo.population import sample_population
+from weightspace.zoo.tasks import load_task
+from weightspace.zoo.train.loop import per_example_loss, train_population
 
 
 def train_pairs(task, width: int, n_pairs: int, epochs: int) -> tuple[MLPSpec, dict]:

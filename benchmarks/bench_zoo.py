@@ -10,8 +10,9 @@ with its own init and its own data order.
            the rate extrapolated);
 (b) vmap   PyTorch's documented ensembling: ``torch.func.stack_module_state`` + ``vmap`` of
            ``grad`` of a ``functional_call``, SGD with momentum applied to the stacked tensors;
-(c) ours   ``weightspace.train.train_population`` (evaluation at epochs 0 and 10 included),
-           with its default trainer (``auto``: the fused C++ kernel of ``weightspace.fused``)
+(c) ours   ``weightspace.zoo.train.loop.train_population`` (evaluation at epochs 0 and 10 included),
+           with its default trainer (``auto``: the fused C++ kernel of
+           ``weightspace.zoo.train.fused``)
            and with its torch path (``trainer="hand"``, the fallback where no compiler is).
 
 Also our achieved GFLOP/s in the matrix products of training against a same-process sgemm
@@ -35,10 +36,10 @@ from torch import nn
 from torch.func import functional_call, grad, stack_module_state, vmap
 from torch.utils.data import DataLoader, TensorDataset
 
-from weightspace.mlp import MLPSpec
-from weightspace.population import sample_population
-from weightspace.tasks import load_task
-from weightspace.train import choose_trainer, train_population
+from weightspace.nets.spec import MLPSpec
+from weightspace.zoo.population import sample_population
+from weightspace.zoo.tasks import load_task
+from weightspace.zoo.train.loop import choose_trainer, train_population
 
 WIDTHS = (64, 32, 10)
 BATCH, LR, MOMENTUM = 32, 0.05, 0.9

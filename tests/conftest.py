@@ -18,8 +18,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from weightspace.config import CONF_DIR
-from weightspace.generate import generate
-from weightspace.tasks import load_task
+from weightspace.zoo.generate import generate
+from weightspace.zoo.tasks import load_task
 
 # The test populations are tiny: extra intra-op threads only add synchronization, and on a
 # busy 2-core machine OpenMP spin-waiting makes them many times slower. Subprocesses too.

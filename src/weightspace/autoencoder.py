@@ -19,9 +19,9 @@ Losses, each weighted (0 switches it off):
   a small bias vector counts as much as the large first-layer matrix.
 - ``contrastive``: NT-Xent between the latents of two augmented views of each network
   (a datamodule with ``augment`` and ``views=2``), through a small projection head.
-- ``functional``: the decoded network, denormalized and run with :func:`weightspace.mlp.forward`
-  on fixed probe inputs from the zoo's task, must reproduce the original's outputs (MSE on
-  outputs, or KL between softmaxes).
+- ``functional``: the decoded network, denormalized and run with
+  :func:`weightspace.nets.forward.forward` on fixed probe inputs from the zoo's task, must
+  reproduce the original's outputs (MSE on outputs, or KL between softmaxes).
 
 Every hyperparameter is a plain value (the normalizer as its dict), and the probe inputs are
 a buffer, so ``WeightAutoencoder.load_from_checkpoint(path)`` rebuilds the model alone.
@@ -39,16 +39,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from weightspace.baselines import network_feature_count, network_features_torch
-from weightspace.dataset import (
-    LayerNormalizer,
-    WeightDataModule,
+from weightspace.dataset import LayerNormalizer, WeightDataModule
+from weightspace.errors import ConfigError
+from weightspace.nets.forward import forward
+from weightspace.nets.layout import (
     flatten_params,
     params_to_tokens,
     tokens_to_params,
     unflatten_params,
 )
-from weightspace.errors import ConfigError
-from weightspace.mlp import MLPSpec, forward
+from weightspace.nets.spec import MLPSpec
 
 Params = dict[str, Tensor]
 

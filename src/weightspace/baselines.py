@@ -35,7 +35,8 @@ import torch
 from sklearn.decomposition import PCA
 from torch import Tensor
 
-from weightspace.mlp import MLPSpec, effective_params, forward
+from weightspace.nets.forward import effective_params, forward
+from weightspace.nets.spec import MLPSpec
 
 __all__ = [
     "QUANTILES",

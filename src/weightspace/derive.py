@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from weightspace.cli import progress_bar
 from weightspace.config import fingerprint, to_dict
 from weightspace.errors import ConfigError, ZooError
-from weightspace.mlp import MLPSpec
+from weightspace.nets.spec import MLPSpec
 from weightspace.symmetry import (
     UnitTransform,
     apply_transform,
@@ -40,7 +40,7 @@ from weightspace.symmetry import (
     merge_many,
     weight_matching,
 )
-from weightspace.zoo import Zoo, ZooWriter, sha256_file
+from weightspace.zoo.store import Zoo, ZooWriter, sha256_file
 
 KINDS = ("canonical", "align", "merge_many")
 

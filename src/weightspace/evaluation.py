@@ -49,15 +49,12 @@ from threadpoolctl import threadpool_limits
 from torch import Tensor
 
 from weightspace.baselines import fit_pca, layer_statistics
-from weightspace.dataset import (
-    CATEGORICAL_TARGETS,
-    WeightDataModule,
-    flatten_params,
-    unflatten_params,
-)
-from weightspace.mlp import MLPSpec, effective_params, forward
-from weightspace.tasks import Task
-from weightspace.train import per_example_loss
+from weightspace.dataset import CATEGORICAL_TARGETS, WeightDataModule
+from weightspace.nets.forward import effective_params, forward
+from weightspace.nets.layout import flatten_params, unflatten_params
+from weightspace.nets.spec import MLPSpec
+from weightspace.zoo.tasks import Task
+from weightspace.zoo.train.loop import per_example_loss
 
 __all__ = [
     "ALPHAS",
@@ -1090,7 +1087,7 @@ def evaluate_autoencoder(
     dataset's transform applied, no augmentation) to latents ``(B, latent)``;
     ``model.decode`` maps latents back to normalized flat vectors. A model working on
     neuron tokens converts inside these two methods
-    (:func:`weightspace.dataset.unflatten_params` / ``params_to_tokens``). Both are called
+    (:func:`weightspace.nets.layout.unflatten_params` / ``params_to_tokens``). Both are called
     under ``torch.no_grad`` in batches of ``batch_size`` on the model's device; a
     ``nn.Module`` is switched to eval mode meanwhile.
 

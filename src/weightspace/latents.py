@@ -37,7 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from weightspace.dataset import WeightDataModule, WeightDataset
 from weightspace.errors import ConfigError, ZooError
-from weightspace.zoo import MANIFEST
+from weightspace.zoo.store import MANIFEST
 
 log = logging.getLogger(__name__)
 

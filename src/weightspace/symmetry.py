@@ -15,7 +15,7 @@ when
   that row of ``v`` are both negated.
 
 Everything here works on **stacked** parameters: dicts of tensors keyed by ``state_dict``
-names with a leading member axis ``M`` (:mod:`weightspace.mlp`). Parameters may be the
+names with a leading member axis ``M`` (:mod:`weightspace.nets.forward`). Parameters may be the
 effective ones (``weight``, ``bias``), the trainable ones of a weight-normalized population
 (``weight_g``, ``weight_v``, ``bias``), or both; a transform is applied consistently to
 whatever names are present, while its decisions (sort keys, matching similarities) are taken
@@ -45,7 +45,8 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from weightspace.cli import progress_bar
-from weightspace.mlp import ACTIVATIONS, MLPSpec, effective_params, forward
+from weightspace.nets.forward import effective_params, forward
+from weightspace.nets.spec import ACTIVATIONS, MLPSpec
 
 __all__ = [
     "HOMOGENEOUS_ACTIVATIONS",

@@ -40,8 +40,8 @@ from weightspace.autoencoder import WeightAutoencoder
 from weightspace.config import CONF_DIR, to_dict
 from weightspace.dataset import WeightDataModule
 from weightspace.errors import ConfigError, ZooError
-from weightspace.generate import wandb_mode
-from weightspace.zoo import MANIFEST
+from weightspace.zoo.generate import wandb_mode
+from weightspace.zoo.store import MANIFEST
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ A new section is a function in :mod:`.sections` registered in ``SECTIONS``.
 Modules: :mod:`.measures` (the numbers, on stacked parameters), :mod:`.cohort` (members of a
 zoo analysed together), :mod:`.figures` (one function per figure, returning
 ``(figure, data)``), :mod:`.sections` (figures + text per question), :mod:`.run`
-(``analyze(cfg)``, configs, the entry point); :mod:`weightspace.report` writes the report.
+(``analyze(cfg)``, configs, the entry point); :mod:`weightspace.analysis.report` writes the report.
 """
 
 from weightspace.analysis.run import analyze, cli, compose_config

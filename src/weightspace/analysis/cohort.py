@@ -10,9 +10,9 @@ import pandas as pd
 import torch
 
 from weightspace.errors import ConfigError
-from weightspace.mlp import MLPSpec
-from weightspace.tasks import Task
-from weightspace.zoo import Zoo
+from weightspace.nets.spec import MLPSpec
+from weightspace.zoo.store import Zoo
+from weightspace.zoo.tasks import Task
 
 
 @dataclass(frozen=True, eq=False)

@@ -28,10 +28,10 @@ from matplotlib.lines import Line2D
 from scipy.stats import spearmanr
 
 from weightspace.analysis.figures import _legend, _lists, _style
+from weightspace.analysis.report import Figure as ReportFigure
+from weightspace.analysis.report import Section, Table
 from weightspace.errors import ConfigError
 from weightspace.latents import Latents, Run, encode_zoo
-from weightspace.report import Figure as ReportFigure
-from weightspace.report import Section, Table
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,10 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 from torch import Tensor
 
-from weightspace.mlp import MLPSpec, forward
-from weightspace.tasks import Task
-from weightspace.train import evaluate
+from weightspace.nets.forward import forward
+from weightspace.nets.spec import MLPSpec
+from weightspace.zoo.tasks import Task
+from weightspace.zoo.train.loop import evaluate
 
 # Members-table columns that say *which run* a member is, not *how* it was trained: members
 # equal in every other column are repeated runs of one configuration.

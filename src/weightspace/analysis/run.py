@@ -36,12 +36,12 @@ from typing import Any
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
+from weightspace.analysis.report import Report, log_wandb, write_report
 from weightspace.analysis.sections import SECTIONS, Inputs
 from weightspace.config import CONF_DIR, to_dict
 from weightspace.errors import ConfigError, DataError, ZooError
 from weightspace.latents import Run, load_run, resolve_run
-from weightspace.report import Report, log_wandb, write_report
-from weightspace.zoo import MANIFEST, Zoo
+from weightspace.zoo.store import MANIFEST, Zoo
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ def make_zoos(cfg: DictConfig) -> tuple[dict[str, Path], list[str]]:
             gcfg = compose_generate([*map(str, overrides), *base])
             log.info("%s: generating (or resuming) %s [%s]", key, gcfg.zoo.path, name)
             try:
-                from weightspace.generate import generate
+                from weightspace.zoo.generate import generate
 
                 summary = generate(gcfg)
             except DataError as e:

@@ -1,7 +1,7 @@
 """The report's sections: one function per question, from zoos to figures, tables and text.
 
 Each ``section_*`` takes the opened zoos and its options and returns a
-:class:`~weightspace.report.Section`. The text is written from the measured numbers, so it
+:class:`~weightspace.analysis.report.Section`. The text is written from the measured numbers, so it
 says what this zoo shows, including where an expectation fails. A section whose inputs are
 missing comes back ``skipped`` with a note instead of failing the report.
 """
@@ -21,8 +21,8 @@ from weightspace.analysis import measures as M
 from weightspace.analysis.cohort import Cohort
 from weightspace.analysis.latent import QUESTION as LATENT_QUESTION
 from weightspace.analysis.latent import section_latent as _latent
-from weightspace.report import Figure, Section, Table
-from weightspace.zoo import Zoo
+from weightspace.analysis.report import Figure, Section, Table
+from weightspace.zoo.store import Zoo
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,93 @@
+"""Initialization of a population, one private random stream per member.
+
+Every member draws its initial weights from a ``torch.Generator`` seeded with its own seed,
+layer by layer (weight, then bias), so a member's initialization depends on its seed and
+hyperparameters only: not on which other members share its shard, nor on the device.
+
+Schemes (all multiplied by ``init_scale``):
+
+- ``normal``: N(0, init_std^2); ``init_std=1`` is the classic "standard normal" setting.
+- ``uniform``: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), PyTorch's default for ``nn.Linear``.
+- ``xavier``: N(0, 2 / (fan_in + fan_out)) (Glorot & Bengio, 2010).
+- ``kaiming``: N(0, 2 / fan_in) (He et al., 2015), suited to ReLU.
+- ``orthogonal``: a random (semi-)orthogonal matrix (Saxe et al., 2014).
+- ``constant``: every weight equals ``init_value``: no symmetry breaking at all.
+
+Biases: ``zeros``, ``normal`` (N(0, init_std^2) * scale), ``uniform`` (PyTorch's default),
+``constant`` (``init_value`` * scale).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import torch
+from torch import Tensor
+
+from weightspace.nets.spec import MLPSpec
+
+INIT_SCHEMES = ("normal", "uniform", "xavier", "kaiming", "orthogonal", "constant")
+BIAS_INITS = ("zeros", "normal", "uniform", "constant")
+
+
+def _weight(scheme: str, out: int, inp: int, std: float, value: float, gen: torch.Generator):
+    if scheme == "normal":
+        return torch.randn(out, inp, generator=gen) * std
+    if scheme == "uniform":
+        bound = 1.0 / math.sqrt(inp)
+        return (torch.rand(out, inp, generator=gen) * 2 - 1) * bound
+    if scheme == "xavier":
+        return torch.randn(out, inp, generator=gen) * math.sqrt(2.0 / (inp + out))
+    if scheme == "kaiming":
+        return torch.randn(out, inp, generator=gen) * math.sqrt(2.0 / inp)
+    if scheme == "orthogonal":
+        return torch.nn.init.orthogonal_(torch.empty(out, inp), generator=gen)
+    if scheme == "constant":
+        return torch.full((out, inp), float(value))
+    raise ValueError(f"unknown init scheme {scheme!r}")
+
+
+def _bias(kind: str, out: int, inp: int, std: float, value: float, gen: torch.Generator):
+    if kind == "zeros":
+        return torch.zeros(out)
+    if kind == "normal":
+        return torch.randn(out, generator=gen) * std
+    if kind == "uniform":
+        return (torch.rand(out, generator=gen) * 2 - 1) / math.sqrt(inp)
+    if kind == "constant":
+        return torch.full((out,), float(value))
+    raise ValueError(f"unknown bias init {kind!r}")
+
+
+def init_member(spec: MLPSpec, hp: pd.Series | dict) -> dict[str, Tensor]:
+    """Initial effective parameters (``weight``, ``bias``) of one member, float32 on CPU."""
+    gen = torch.Generator().manual_seed(int(hp["seed"]))
+    scale = float(hp["init_scale"])
+    std, value = float(hp["init_std"]), float(hp["init_value"])
+    params: dict[str, Tensor] = {}
+    for l, (o, i) in enumerate(spec.layer_shapes()):
+        params[f"layers.{l}.weight"] = _weight(hp["init"], o, i, std, value, gen) * scale
+        if spec.bias:
+            params[f"layers.{l}.bias"] = _bias(hp["bias_init"], o, i, std, value, gen) * scale
+    return params
+
+
+def init_population(spec: MLPSpec, members: pd.DataFrame) -> dict[str, Tensor]:
+    """Stacked *trainable* parameters of the members, in ``spec.param_shapes(trainable=True)``.
+
+    Under weight normalization, v starts as the initial weight and g as its row norms, so the
+    effective initial weight is exactly the scheme's draw.
+    """
+    per_member = [init_member(spec, row) for row in members.to_dict("records")]
+    stacked = {k: torch.stack([p[k] for p in per_member]) for k in per_member[0]}
+    if not spec.weight_norm:
+        return stacked
+    out: dict[str, Tensor] = {}
+    for l in range(spec.n_layers):
+        w = stacked[f"layers.{l}.weight"]
+        out[f"layers.{l}.weight_g"] = torch.linalg.vector_norm(w, dim=-1)
+        out[f"layers.{l}.weight_v"] = w
+        if spec.bias:
+            out[f"layers.{l}.bias"] = stacked[f"layers.{l}.bias"]
+    return out

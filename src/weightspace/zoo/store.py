@@ -1,0 +1,502 @@
+"""A zoo on disk: writing it atomically and shard by shard, opening it lazily.
+
+Layout (``docs/zoo-format.md`` is the full description)::
+
+    <zoo>/
+      manifest.json                 schema version, architecture, task, epochs, sha256 of files
+      config.yaml                   the resolved config that made the zoo
+      members.parquet               one row per member: hyperparameters, shard, diverged
+      metrics.parquet               one row per member x checkpoint: losses and accuracies
+      shards/shard-00000.safetensors  state_dict names, tensors (members, checkpoints, ...)
+      shards/shard-00000.parquet      that shard's metric rows (kept for resuming)
+      shards/shard-00000.json         written last: the shard is complete, with its checksums
+
+No pickle anywhere. Every file is written to a temporary name and renamed into place, so a
+killed run leaves complete files or none; ``manifest.json`` is written last of all, and a
+folder without it is an unfinished zoo that the same command resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors import safe_open
+from safetensors.torch import save
+
+from weightspace import __version__
+from weightspace.errors import ZooError
+from weightspace.nets.forward import MLP
+from weightspace.nets.spec import MLPSpec
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+# --------------------------------------------------------------------------- atomic writes
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_parquet(path: Path, df: pd.DataFrame) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        df.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """``safetensors.torch.save`` with a reproducible header.
+
+    safetensors keeps the metadata in a hash map, so its key order (and with it the file's
+    bytes) changes from call to call; here the metadata keys are sorted.
+    """
+    data = save(tensors, metadata=metadata)
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    meta = header.pop("__metadata__", None)
+    ordered = {"__metadata__": dict(sorted(meta.items()))} if meta else {}
+    ordered.update(header)  # tensor entries keep the order safetensors wrote them in
+    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) > n:  # cannot happen for the same keys and values; keep the original
+        return data
+    return data[:8] + text.ljust(n) + data[8 + n :]  # same length: padded with spaces
+
+
+def shard_name(index: int) -> str:
+    return f"shards/shard-{index:05d}"
+
+
+# --------------------------------------------------------------------------- writing
+class ZooWriter:
+    """Writes one zoo folder; knows which shards exist already, so a re-run resumes."""
+
+    def __init__(self, root: str | Path, config_yaml: str, fingerprint: str, overwrite: bool):
+        self.root = Path(root)
+        self.fingerprint = fingerprint
+        stamp = self.root / "fingerprint.txt"
+        self._create(fingerprint)
+        if self.root.exists() and any(self.root.iterdir()):
+            if not stamp.exists():
+                raise ZooError(
+                    f"{self.root}: folder exists and is not a zoo; choose another zoo.path"
+                )
+            if stamp.read_text().strip() != fingerprint:
+                if not overwrite:
+                    raise ZooError(
+                        f"{self.root}: holds a zoo made from a different config; "
+                        "pass overwrite=true to replace it or choose another zoo.path"
+                    )
+                self._clear()
+        self.root.mkdir(parents=True, exist_ok=True)
+        if not stamp.exists():
+            atomic_write_bytes(stamp, (fingerprint + "\n").encode())
+        atomic_write_bytes(self.root / "config.yaml", config_yaml.encode())
+
+    def _create(self, fingerprint: str) -> None:
+        """Make a new zoo folder with its fingerprint already inside, in one rename: jobs of
+        one zoo started side by side (sharded generation) never see it without one."""
+        if self.root.exists():
+            return
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{self.root.name}.", dir=self.root.parent))
+        (tmp / "fingerprint.txt").write_text(fingerprint + "\n")
+        try:
+            os.rename(tmp, self.root)
+        except OSError:  # another job made it first: its fingerprint is checked next
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _clear(self) -> None:
+        for name in (
+            MANIFEST,
+            "members.parquet",
+            "metrics.parquet",
+            "fingerprint.txt",
+            "plan.json",
+        ):
+            (self.root / name).unlink(missing_ok=True)
+        shards = self.root / "shards"
+        if shards.exists():
+            for f in shards.iterdir():
+                f.unlink()
+
+    def write_plan(self, n_shards: int) -> None:
+        """Record how many shards the zoo has, so an unfinished zoo can say which are missing."""
+        atomic_write_bytes(self.root / "plan.json", json.dumps({"n_shards": n_shards}).encode())
+
+    def shard_done(self, index: int) -> bool:
+        """A shard counts as done when its record exists and its files match it."""
+        record = self.root / f"{shard_name(index)}.json"
+        if not record.exists():
+            return False
+        info = json.loads(record.read_text())
+        return all(
+            (self.root / rel).exists() and (self.root / rel).stat().st_size == meta["bytes"]
+            for rel, meta in info["files"].items()
+        )
+
+    def write_shard(
+        self,
+        index: int,
+        member_ids: Sequence[int],
+        epochs: Sequence[int],
+        weights: dict[str, torch.Tensor],
+        metrics: pd.DataFrame,
+        diverged_epoch: np.ndarray,
+        extra: dict[str, dict[str, torch.Tensor]] | None = None,
+    ) -> None:
+        """Write one shard's files, then its record (which marks the shard done).
+
+        ``extra``: more tensor files of the shard, ``{suffix: tensors}`` written as
+        ``shard-K.{suffix}.safetensors`` (e.g. a derived zoo's transforms).
+        """
+        base = shard_name(index)
+        tensors = {k: v.contiguous() for k, v in weights.items()}
+        meta = {
+            "member_ids": json.dumps([int(i) for i in member_ids]),
+            "epochs": json.dumps([int(e) for e in epochs]),
+        }
+        atomic_write_bytes(self.root / f"{base}.safetensors", save_safetensors(tensors, meta))
+        first_bad = dict(zip(map(int, member_ids), map(int, diverged_epoch)))
+        metrics = metrics.assign(diverged_epoch=metrics["member_id"].map(first_bad))
+        atomic_write_parquet(self.root / f"{base}.parquet", metrics)
+        suffixes = ["safetensors", "parquet"]
+        for name, tensors in (extra or {}).items():
+            data = save_safetensors({k: v.contiguous() for k, v in tensors.items()}, {})
+            atomic_write_bytes(self.root / f"{base}.{name}.safetensors", data)
+            suffixes.append(f"{name}.safetensors")
+        files = {
+            f"{base}.{ext}": {
+                "sha256": sha256_file(self.root / f"{base}.{ext}"),
+                "bytes": (self.root / f"{base}.{ext}").stat().st_size,
+            }
+            for ext in suffixes
+        }
+        record = {
+            "member_ids": [int(i) for i in member_ids],
+            "epochs": list(map(int, epochs)),
+            "files": files,
+        }
+        atomic_write_bytes(self.root / f"{base}.json", json.dumps(record, indent=1).encode())
+
+    def finalize(self, members: pd.DataFrame, manifest: dict[str, Any]) -> Path:
+        """Gather the shards' tables, write members/metrics and, last, the manifest."""
+        n_shards = int(members["shard"].max()) + 1
+        parts, files = [], {}
+        for s in range(n_shards):
+            record_path = self.root / f"{shard_name(s)}.json"
+            record = json.loads(record_path.read_text())
+            for rel, meta in record["files"].items():
+                # A shard kept from an earlier run must still be what that run wrote.
+                if sha256_file(self.root / rel) != meta["sha256"]:
+                    raise ZooError(
+                        f"{self.root / rel}: sha256 differs from {record_path} (altered or "
+                        f"corrupt); delete both to retrain the shard"
+                    )
+            files.update(record["files"])
+            parts.append(pd.read_parquet(self.root / f"{shard_name(s)}.parquet"))
+        metrics = pd.concat(parts, ignore_index=True)
+        metrics = metrics.sort_values(["member_id", "epoch"], kind="stable", ignore_index=True)
+        div = metrics.groupby("member_id")["diverged_epoch"].first()
+        members = members.assign(
+            diverged_epoch=members["member_id"].map(div).astype("int64"),
+        )
+        members = members.assign(diverged=members["diverged_epoch"] >= 0)
+        metrics = metrics.drop(columns=["diverged_epoch"])
+        atomic_write_parquet(self.root / "members.parquet", members)
+        atomic_write_parquet(self.root / "metrics.parquet", metrics)
+        for name in ("members.parquet", "metrics.parquet", "config.yaml"):
+            path = self.root / name
+            files[name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "weightspace_version": __version__,
+            "fingerprint": self.fingerprint,
+            **manifest,
+            "n_members": len(members),
+            "n_shards": n_shards,
+            "n_diverged": int(members["diverged"].sum()),
+            "files": dict(sorted(files.items())),
+        }
+        atomic_write_bytes(self.root / MANIFEST, json.dumps(manifest, indent=2).encode())
+        return self.root / MANIFEST
+
+
+# --------------------------------------------------------------------------- reading
+def _unfinished_hint(root: Path) -> str:
+    """Why a folder without a manifest is not a zoo yet, and what to run."""
+    if not (root / "fingerprint.txt").exists():
+        return "no zoo here"
+    plan = root / "plan.json"
+    if not plan.exists():
+        return "generation did not finish; re-run the same command to resume"
+    n = json.loads(plan.read_text())["n_shards"]
+    missing = [s for s in range(n) if not (root / f"{shard_name(s)}.json").exists()]
+    if not missing:
+        return "all shards are done; re-run the same command to resume and finish the zoo"
+    shown = ", ".join(map(str, missing[:20])) + (" ..." if len(missing) > 20 else "")
+    return (
+        f"generation did not finish: {len(missing)} of {n} shards missing ({shown}); "
+        "run the remaining jobs (zoo.shard=i zoo.num_shards=K) or re-run the same command"
+    )
+
+
+class Zoo:
+    """A zoo opened from disk: tables in memory, weights memory-mapped and read on demand.
+
+    >>> zoo = Zoo.open("zoos/digits")
+    >>> len(zoo), zoo.epochs
+    >>> w = zoo.weights(epoch=10, members=[0, 5, 7])   # {"layers.0.weight": (3, 32, 64), ...}
+    >>> net = zoo.module(5, epoch=10)                   # a plain torch.nn.Module
+    """
+
+    def __init__(self, root: Path, manifest: dict[str, Any], verify: bool):
+        self.root = root
+        self.manifest = manifest
+        self.verify = verify
+        self._verified: set[str] = set()
+        self._maps: dict[int, tuple[list[int], dict[str, np.ndarray]]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Memory maps and cached tables stay behind: a worker process opens its own.
+        state = {k: v for k, v in self.__dict__.items() if k not in ("members", "metrics")}
+        state["_maps"] = {}
+        return state
+
+    @classmethod
+    def open(cls, path: str | Path, verify: bool = True) -> Zoo:
+        """Open a finished zoo. ``verify`` checks every file's sha256 the first time it is read."""
+        root = Path(path)
+        mpath = root / MANIFEST
+        if not mpath.exists():
+            raise ZooError(f"{mpath}: missing ({_unfinished_hint(root)})")
+        try:
+            manifest = json.loads(mpath.read_text())
+        except json.JSONDecodeError as e:
+            raise ZooError(f"{mpath}: not valid JSON ({e})") from e
+        version = manifest.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ZooError(
+                f"{mpath}: schema version {version}, this weightspace reads {SCHEMA_VERSION}"
+            )
+        zoo = cls(root, manifest, verify)
+        for rel, meta in manifest["files"].items():
+            f = root / rel
+            if not f.exists():
+                raise ZooError(f"{f}: missing from the zoo")
+            if f.stat().st_size != meta["bytes"]:
+                raise ZooError(
+                    f"{f}: {f.stat().st_size} bytes, the manifest says {meta['bytes']} "
+                    "(truncated or altered)"
+                )
+        return zoo
+
+    def _check(self, rel: str) -> Path:
+        path = self.root / rel
+        if self.verify and rel not in self._verified:
+            expected = self.manifest["files"][rel]["sha256"]
+            if sha256_file(path) != expected:
+                raise ZooError(f"{path}: sha256 differs from the manifest (altered or corrupt)")
+            self._verified.add(rel)
+        return path
+
+    # ---- tables and spec
+    @cached_property
+    def members(self) -> pd.DataFrame:
+        """One row per member, indexed by position (== member_id)."""
+        return pd.read_parquet(self._check("members.parquet"))
+
+    @cached_property
+    def metrics(self) -> pd.DataFrame:
+        """One row per member x checkpoint: epoch, train/test loss and accuracy, diverged."""
+        return pd.read_parquet(self._check("metrics.parquet"))
+
+    @property
+    def spec(self) -> MLPSpec:
+        """The architecture; ``activation`` is the most common one (see :meth:`member_spec`)."""
+        a = self.manifest["architecture"]
+        return MLPSpec(tuple(a["widths"]), a["activations"][0], a["bias"], a["weight_norm"])
+
+    def member_spec(self, member: int) -> MLPSpec:
+        a = self.manifest["architecture"]
+        act = str(self.members["activation"].iloc[member])
+        return MLPSpec(tuple(a["widths"]), act, a["bias"], a["weight_norm"])
+
+    @property
+    def epochs(self) -> list[int]:
+        """All checkpoint epochs in the zoo (members trained for fewer epochs hold a subset)."""
+        return list(self.manifest["checkpoint_epochs"])
+
+    def __len__(self) -> int:
+        return int(self.manifest["n_members"])
+
+    def __repr__(self) -> str:
+        return (
+            f"Zoo({str(self.root)!r}, members={len(self)}, widths={list(self.spec.widths)}, "
+            f"task={self.manifest['task']['name']!r}, epochs={self.epochs})"
+        )
+
+    # ---- weights
+    def _shard_map(self, shard: int) -> tuple[list[int], dict[str, np.ndarray]]:
+        """The shard's checkpoint epochs and its tensors as read-only memory maps.
+
+        A safetensors file is an 8-byte header length, a JSON header with each tensor's dtype,
+        shape and byte range, then the raw little-endian data: numpy maps it directly, and
+        fancy indexing then reads just the rows asked for.
+        """
+        if shard not in self._maps:
+            path = self._check(f"{shard_name(shard)}.safetensors")
+            with open(path, "rb") as f:
+                n = int.from_bytes(f.read(8), "little")
+                header = json.loads(f.read(n))
+            meta = header.pop("__metadata__", {})
+            raw = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n)
+            arrays = {}
+            for name, info in header.items():
+                if info["dtype"] != "F32":
+                    raise ZooError(f"{path}: tensor {name} is {info['dtype']}, expected F32")
+                lo, hi = info["data_offsets"]
+                arrays[name] = raw[lo:hi].view("<f4").reshape(info["shape"])
+            self._maps[shard] = (json.loads(meta["epochs"]), arrays)
+        return self._maps[shard]
+
+    def shard_epochs(self, shard: int) -> list[int]:
+        """The checkpoint epochs stored in shard file ``shard``."""
+        return self._shard_map(shard)[0]
+
+    def weights(
+        self, epoch: int, members: Iterable[int] | None = None, trainable: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """Stacked parameters of ``members`` (default: all) at checkpoint ``epoch``.
+
+        Returns ``{name: (len(members), ...)}`` with effective ``weight``/``bias`` names, plus
+        ``weight_g``/``weight_v`` when ``trainable`` and the zoo uses weight normalization.
+        Only the requested rows are read from the memory-mapped shards.
+        """
+        ids = np.arange(len(self)) if members is None else np.asarray(list(members), dtype=int)
+        if len(ids) and (ids.min() < 0 or ids.max() >= len(self)):
+            raise IndexError(
+                f"member ids must be in [0, {len(self)}), got {ids.min()}..{ids.max()}"
+            )
+        spec = self.spec
+        names = list(spec.param_shapes())
+        if trainable and spec.weight_norm:
+            names += [n for n in spec.param_shapes(trainable=True) if n not in names]
+        shard_of, row_of = self._locations
+        shards, rows = shard_of[ids], row_of[ids]
+        out = {n: np.empty((len(ids), *self._shape(n)), dtype=np.float32) for n in names}
+        for shard in np.unique(shards):
+            epochs, arrays = self._shard_map(int(shard))
+            if epoch not in epochs:
+                raise ZooError(
+                    f"{self.root / shard_name(int(shard))}.safetensors: no checkpoint at epoch "
+                    f"{epoch} (this shard holds {epochs})"
+                )
+            e = epochs.index(epoch)
+            where = np.flatnonzero(shards == shard)
+            for n in names:
+                out[n][where] = arrays[n][rows[where], e]
+        return {n: torch.from_numpy(v) for n, v in out.items()}
+
+    @cached_property
+    def _locations(self) -> tuple[np.ndarray, np.ndarray]:
+        """(shard, row in shard) of every member, as arrays indexed by member id."""
+        m = self.members
+        return m["shard"].to_numpy(np.int64), m["shard_row"].to_numpy(np.int64)
+
+    def _shape(self, name: str) -> tuple[int, ...]:
+        spec = self.spec
+        return {**spec.param_shapes(trainable=True), **spec.param_shapes()}[name]
+
+    def state_dict(self, member: int, epoch: int) -> dict[str, torch.Tensor]:
+        """One member's ``state_dict`` (``weight``/``bias`` names) at ``epoch``."""
+        return {k: v[0] for k, v in self.weights(epoch, [member]).items()}
+
+    @property
+    def derived_from(self) -> dict[str, Any] | None:
+        """For a derived zoo (canonicalized or aligned): parent and transform, else None."""
+        return self.manifest.get("derived_from")
+
+    def unit_transform(self, epoch: int, members: Iterable[int]):
+        """For a derived zoo: the :class:`~weightspace.symmetry.UnitTransform` that maps each
+        member's own weights at ``epoch`` to the stored ones (undo it with
+        :func:`~weightspace.symmetry.undo_transform`)."""
+        from weightspace.symmetry import UnitTransform
+
+        if self.derived_from is None:
+            raise ZooError(f"{self.root}: not a derived zoo, it stores no transforms")
+        ids = np.asarray(list(members), dtype=int)
+        rows = self.members.iloc[ids]
+        perms: dict[str, list] = {}
+        factors: dict[str, list] = {}
+        order = []
+        for shard, group in rows.groupby("shard", sort=True):
+            e = self.shard_epochs(int(shard)).index(epoch)
+            rel = f"{shard_name(int(shard))}.transform.safetensors"
+            with safe_open(str(self._check(rel)), framework="pt") as f:
+                local = torch.as_tensor(group["shard_row"].to_numpy().copy())
+                for key in f.keys():
+                    kind, name = key.split(".", 1)
+                    (perms if kind == "perm" else factors).setdefault(name, []).append(
+                        f.get_tensor(key)[local, e]
+                    )
+            order.append(np.flatnonzero(np.isin(ids, group["member_id"].to_numpy())))
+        back = torch.from_numpy(np.argsort(np.concatenate(order), kind="stable"))
+        cat = {k: torch.cat(v)[back] for k, v in perms.items()}
+        fac = {k: torch.cat(v)[back] for k, v in factors.items()} or None
+        return UnitTransform(cat, fac)
+
+    def module(self, member: int, epoch: int | None = None) -> MLP:
+        """The member as a plain ``torch.nn.Module`` (default: its last checkpoint)."""
+        if epoch is None:
+            epoch = int(self.metrics.loc[self.metrics["member_id"] == member, "epoch"].max())
+        net = MLP(self.member_spec(member))
+        net.load_state_dict(self.state_dict(member, epoch), strict=True)
+        return net.eval()
+
+    # ---- task
+    @cached_property
+    def config(self) -> dict[str, Any]:
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(OmegaConf.load(self._check("config.yaml")), resolve=True)
+
+    def task(self):
+        """The task the members were trained on, loaded as it was at generation time."""
+        from weightspace.zoo.tasks import load_task
+
+        return load_task(self.config["task"])
