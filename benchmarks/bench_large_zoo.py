@@ -132,7 +132,7 @@ def stream(path: str, batch_size: int) -> dict[str, float]:
     import torch
 
     from weightspace.autoencoder import WeightAutoencoder
-    from weightspace.dataset import WeightDataModule
+    from weightspace.data.datamodule import WeightDataModule
 
     torch.set_num_threads(1)
     start = proc_status()

@@ -24,18 +24,13 @@ import time
 import torch
 
 from weightspace.nets.forward import MLP, forward
+from weightspace.nets.layout import flatten_params, weight_distance
+from weightspace.nets.metrics import per_example_loss
 from weightspace.nets.spec import MLPSpec
-from weightspace.symmetry import (
-    apply_transform,
-    canonicalize,
-    flatten,
-    sort_units,
-    weight_distance,
-    weight_matching,
-)
+from weightspace.symmetry import apply_transform, canonicalize, sort_units, weight_matching
 from weightspace.zoo.population import sample_population
 from weightspace.zoo.tasks import load_task
-from weightspace.zoo.train.loop import per_example_loss, train_population
+from weightspace.zoo.train.loop import train_population
 
 
 def train_pairs(task, width: int, n_pairs: int, epochs: int) -> tuple[MLPSpec, dict]:
@@ -80,12 +75,18 @@ def distances_and_barriers(task, widths, n_pairs, epochs) -> list[dict]:
         canon, _ = canonicalize(final, spec)
         for p in range(n_pairs):
             a, b = take(final, 2 * p), take(final, 2 * p + 1)
-            stats["raw"].append(float(weight_distance(flatten(a, spec), flatten(b, spec))))
+            stats["raw"].append(
+                float(weight_distance(flatten_params(a, spec), flatten_params(b, spec)))
+            )
             ca, cb = take(canon, 2 * p), take(canon, 2 * p + 1)
-            stats["canonical"].append(float(weight_distance(flatten(ca, spec), flatten(cb, spec))))
+            stats["canonical"].append(
+                float(weight_distance(flatten_params(ca, spec), flatten_params(cb, spec)))
+            )
             m = weight_matching(b, a, spec)
             b_al = apply_transform(b, spec, m.transform)
-            stats["aligned"].append(float(weight_distance(flatten(a, spec), flatten(b_al, spec))))
+            stats["aligned"].append(
+                float(weight_distance(flatten_params(a, spec), flatten_params(b_al, spec)))
+            )
             stats["barrier_raw"].append(barrier(a, b, spec, task))
             stats["barrier_aligned"].append(barrier(a, b_al, spec, task))
         rows.append({"width": w, **{k: statistics.median(v) for k, v in stats.items()}})

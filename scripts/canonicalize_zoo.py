@@ -2,11 +2,11 @@
 
     python scripts/canonicalize_zoo.py parent=zoos/digits transform.kind=merge_many
 
-A thin Hydra entry point around :func:`weightspace.derive.derive` (conf/canonicalize.yaml);
-installed also as the ``weightspace-canonicalize`` command.
+A thin Hydra entry point around :func:`weightspace.symmetry.derive.derive`
+(conf/canonicalize.yaml); installed also as the ``weightspace-canonicalize`` command.
 """
 
-from weightspace.derive import cli
+from weightspace.symmetry.derive import cli
 
 if __name__ == "__main__":
     cli()

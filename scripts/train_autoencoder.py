@@ -1,10 +1,10 @@
 """Train a weight-space autoencoder: python scripts/train_autoencoder.py zoo=zoos/digits ...
 
-A thin Hydra entry point around :func:`weightspace.train_ae.train`
+A thin Hydra entry point around :func:`weightspace.autoencoder.train.train`
 (conf/autoencoder/train_autoencoder.yaml); e.g. add ``encoder=transformer canon=align``.
 """
 
-from weightspace.train_ae import cli
+from weightspace.autoencoder.train import cli
 
 if __name__ == "__main__":
     cli()

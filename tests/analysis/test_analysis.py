@@ -19,8 +19,16 @@ from matplotlib.figure import Figure as MplFigure
 from omegaconf import OmegaConf
 
 from weightspace import symmetry as S
-from weightspace.analysis import analyze, compose_config
-from weightspace.analysis import figures as F
+from weightspace.analysis import (
+    analyze,
+    cohort_stats,
+    compose_config,
+    pairs,
+    patterns,
+    runs_differ,
+    symmetry_breaking,
+    weight_norm,
+)
 from weightspace.analysis import measures as M
 from weightspace.analysis.cohort import Cohort
 from weightspace.analysis.report import Figure, Report, Section, Table, jsonable, write_report
@@ -165,28 +173,28 @@ def check(made, n_panels: int | None = None) -> dict:
 
 def test_pattern_figures(api):
     spec, epochs = api.spec, api.epochs
-    d = check(F.fig_norm_profile(api), 3)
+    d = check(patterns.fig_norm_profile(api), 3)
     assert d["epochs"] == epochs == [0, 1, 3]
     for kind in ("weight", "bias"):
         assert np.shape(d[kind]["median"]) == (len(epochs), spec.n_layers)
         assert finite(d[kind]["median"])
     assert finite(np.asarray(d["ratio"]["median"])[1:])  # epoch 0: zero biases, no ratio
-    d = check(F.fig_norm_by_group(api, "lr"), 3)
+    d = check(patterns.fig_norm_by_group(api, "lr"), 3)
     assert d["groups"] == ["lr=0.02", "lr=0.1"] and d["n_members"] == [6, 6]
     assert np.shape(d["weight"]["median"]) == (2, spec.n_layers) and finite(d["weight"]["q75"])
-    d = check(F.fig_weight_distributions(api), spec.n_layers)
+    d = check(patterns.fig_weight_distributions(api), spec.n_layers)
     for layer in d["layers"]:
         assert set(layer["epochs"]) == {"0", "3"}
         assert len(layer["epochs"]["3"]["density"]) == len(layer["edges"]) - 1
         assert finite(layer["epochs"]["3"]["density"]) and layer["epochs"]["3"]["std"] > 0
-    d = check(F.fig_spectra(api), spec.n_layers)
+    d = check(patterns.fig_spectra(api), spec.n_layers)
     for l, layer in enumerate(d["layers"]):
         k = min(spec.widths[l], spec.widths[l + 1])
         assert len(layer["epochs"]["3"]["median"]) == k and finite(layer["epochs"]["3"]["q25"])
 
 
 def test_runs_differ_figures(api):
-    m = F.pair_measures(api, n_members=4, seed=0)
+    m = pairs.pair_measures(api, n_members=4, seed=0)
     assert m["same_config"] and len(m["member_ids"]) == 4 and len(m["pairs"]) == 6
     assert len(set(api.members.set_index("member_id").loc[m["member_ids"], "lr"])) == 1
     for e in m["epochs"]:
@@ -196,10 +204,10 @@ def test_runs_differ_figures(api):
         # Matching only increases the inner product: never farther than the raw weights.
         assert (np.asarray(d["distance_aligned"]) <= np.asarray(d["distance_raw"]) + 1e-6).all()
         assert len(d["cka"]) == 1 and finite(d["cka"]) and max(d["cka"][0]) <= 1 + 1e-9
-    check(F.fig_pair_distances(m), 3)
-    d = check(F.fig_weight_vs_function(m), 2)
+    check(runs_differ.fig_pair_distances(m), 3)
+    d = check(runs_differ.fig_weight_vs_function(m), 2)
     assert len(d["disagreement"]) == 6 and -1 <= d["spearman_disagreement_aligned"] <= 1
-    d = check(F.fig_interpolation(api, n_pairs=2, n_points=5), 2)
+    d = check(runs_differ.fig_interpolation(api, n_pairs=2, n_points=5), 2)
     for k in ("raw_train_loss", "aligned_train_loss", "raw_test_acc", "aligned_test_acc"):
         assert np.shape(d[k]) == (2, 5) and finite(d[k]), k
     raw, ali = np.asarray(d["raw_train_loss"]), np.asarray(d["aligned_train_loss"])
@@ -211,7 +219,7 @@ def test_runs_differ_figures(api):
 def test_symmetry_figures(twins):
     rand = Cohort.of(Zoo.open(twins["random"]), "random")
     const = Cohort.of(Zoo.open(twins["constant"]), "constant")
-    m = F.symmetry_measures([rand, const])
+    m = cohort_stats.symmetry_measures([rand, const])
     r, c = m["cohorts"]
     assert np.shape(c["distinct_median"]) == (3, 1)  # epochs 0, 1, 2 x hidden layers
     assert np.asarray(c["distinct_max"]).max() == 1 and np.asarray(r["distinct_min"]).min() == 16
@@ -219,23 +227,23 @@ def test_symmetry_figures(twins):
     np.testing.assert_allclose(c["rank_median"], 1.0, atol=1e-3)
     assert np.asarray(r["rank_median"]).min() > 2
     assert np.shape(r["test_acc"]["median"]) == (3,)
-    check(F.fig_distinct_units(m), 1)
-    check(F.fig_effective_rank(m), 1)
-    check(F.fig_symmetry_accuracy(m), 2)
+    check(symmetry_breaking.fig_distinct_units(m), 1)
+    check(symmetry_breaking.fig_effective_rank(m), 1)
+    check(symmetry_breaking.fig_symmetry_accuracy(m), 2)
 
 
 def test_weight_norm_figures(twins):
     wn = Cohort.of(Zoo.open(twins["wn"]), "weight norm")
     plain = Cohort.of(Zoo.open(twins["random"]), "plain")
-    d = check(F.fig_wn_learning_curves([wn, plain], None), 2)
+    d = check(weight_norm.fig_wn_learning_curves([wn, plain], None), 2)
     assert [c["label"] for c in d["cohorts"]] == ["weight norm", "plain"]
     curve = d["cohorts"][0]["groups"]["all"]
     assert curve["epochs"] == [0, 1, 2] and finite(curve["test_acc"]["median"])
-    d = check(F.fig_wn_scales(wn, plain), 2)
+    d = check(weight_norm.fig_wn_scales(wn, plain), 2)
     for layer in d["layers"]:
         assert len(layer["series"]) == 4 and finite(layer["v_growth"]["median"])
         assert all(finite(v["percent"]) for v in layer["series"].values())
-    d = check(F.fig_wn_norm_profile([wn, plain]), 3)
+    d = check(weight_norm.fig_wn_norm_profile([wn, plain]), 3)
     # Same seeds, same init: the two zoos start from the same effective weights.
     a, b = (np.asarray(c["init"]["weight"]["median"]) for c in d["cohorts"])
     np.testing.assert_allclose(a, b, rtol=1e-5)
@@ -243,8 +251,8 @@ def test_weight_norm_figures(twins):
 
 # --------------------------------------------------------------------------- report
 def test_report_embeds_every_figure_and_writes_json(api, tmp_path):
-    f1, d1 = F.fig_norm_profile(api)
-    f2, d2 = F.fig_spectra(api)
+    f1, d1 = patterns.fig_norm_profile(api)
+    f2, d2 = patterns.fig_spectra(api)
     sec = Section("patterns", "1. Patterns", "What is shared?", paragraphs=["x < y & z"])
     sec.figures = [Figure("a", "A", "first", f1, d1), Figure("b", "B", "second", f2, d2)]
     sec.tables = [Table("t", "T", __import__("pandas").DataFrame({"v": [1.0, float("nan")]}))]

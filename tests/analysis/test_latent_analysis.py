@@ -23,10 +23,10 @@ from conftest import REPO, run_cli
 from hydra import compose, initialize_config_dir
 
 from weightspace.analysis import analyze, compose_config
+from weightspace.autoencoder.run import encode_zoo, find_runs, load_run, resolve_run
 from weightspace.config import CONF_DIR
-from weightspace.dataset import WeightDataModule
+from weightspace.data.datamodule import WeightDataModule
 from weightspace.errors import ConfigError, ZooError
-from weightspace.latents import encode_zoo, find_runs, load_run, resolve_run
 from weightspace.zoo.store import Zoo
 
 RUN_NAME = "tiny-align"
@@ -49,8 +49,8 @@ TINY_RUN = (
 def train_tiny_run(root: Path, zoo: Path, name: str = RUN_NAME) -> Path:
     """A tiny canon=align autoencoder run on ``zoo`` (its merge_many zoo is made next to it),
     written to ``root/outputs/autoencoder/<name>`` as scripts/train_autoencoder.py would."""
-    from weightspace.derive import derive
-    from weightspace.train_ae import CONFIG_DIR, CONFIG_NAME, train
+    from weightspace.autoencoder.train import CONFIG_DIR, CONFIG_NAME, train
+    from weightspace.symmetry.derive import derive
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         dcfg = compose(
@@ -318,7 +318,7 @@ def test_cli_bad_autoencoder_is_one_line_and_exit_2(api_zoo_path, tmp_path):
 
 
 def test_probe_sentence_compares_like_with_like_and_leaves_the_reference_out():
-    from weightspace.analysis.latent import _probe_sentence
+    from weightspace.analysis.latent_space import _probe_sentence
 
     class Section:
         paragraphs: list[str] = []

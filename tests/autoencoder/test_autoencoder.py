@@ -12,24 +12,12 @@ import pytorch_lightning as pl
 import torch
 from conftest import REPO, run_cli
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
+from hydra.utils import get_class, get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from weightspace.autoencoder import WeightAutoencoder
-from weightspace.baselines import (
-    function_feature_names,
-    layer_statistics,
-    product_spectrum_names,
-    spectrum_names,
-)
-from weightspace.dataset import WeightDataModule
-from weightspace.derive import derive
-from weightspace.errors import ConfigError, ZooError
-from weightspace.nets.forward import forward
-from weightspace.nets.layout import flatten_params, params_to_tokens, unflatten_params
-from weightspace.nets.spec import MLPSpec
-from weightspace.symmetry import apply_permutation, mlp_permutation_spec, random_permutations
-from weightspace.train_ae import (
+from weightspace.autoencoder.legacy import upgrade_config
+from weightspace.autoencoder.train import (
     CONFIG_DIR,
     CONFIG_NAME,
     _run_record,
@@ -37,6 +25,17 @@ from weightspace.train_ae import (
     summarize_evaluation,
     train,
 )
+from weightspace.data.datamodule import WeightDataModule
+from weightspace.errors import ConfigError, ZooError
+from weightspace.features import FeatureSpec
+from weightspace.features.function import function_feature_names
+from weightspace.features.spectra import product_spectrum_names, spectrum_names
+from weightspace.features.statistics import layer_statistics
+from weightspace.nets.forward import forward
+from weightspace.nets.layout import flatten_params, params_to_tokens, unflatten_params
+from weightspace.nets.spec import MLPSpec
+from weightspace.symmetry import apply_permutation, mlp_permutation_spec, random_permutations
+from weightspace.symmetry.derive import derive
 
 SCRIPT = REPO / "scripts" / "train_autoencoder.py"
 
@@ -45,6 +44,15 @@ SMALL = {
     "mlp": {"kind": "mlp", "hidden": [64]},
     "transformer": {"kind": "transformer", "d_model": 32, "n_heads": 2, "n_layers": 1},
     "probe": {"kind": "probe", "hidden": [64]},
+}
+ENC, DEC = "weightspace.autoencoder.encoders.", "weightspace.autoencoder.decoders."
+TARGETS = {  # the classes of conf/autoencoder/{encoder,decoder}/<kind>.yaml
+    "encoder": {
+        "mlp": ENC + "MLPEncoder",
+        "transformer": ENC + "TransformerEncoder",
+        "probe": ENC + "ProbeEncoder",
+    },
+    "decoder": {"mlp": DEC + "MLPDecoder", "transformer": DEC + "TransformerDecoder"},
 }
 DECODER_OF = {"probe": "mlp"}  # the decoder kind tests pair with an encoder kind
 SMALL_OVERRIDES = (
@@ -90,9 +98,17 @@ def views_datamodule(api_zoo_path) -> WeightDataModule:
     return dm
 
 
+def part(what: str, kind: str) -> dict:
+    """The small ``kind`` part's config, as the model receives it from Hydra."""
+    return {"_target_": TARGETS[what][kind], "_partial_": True, **SMALL[kind]}
+
+
 def small_model(dm: WeightDataModule, encoder: str = "mlp", **hparams) -> WeightAutoencoder:
     torch.manual_seed(0)
-    parts = {"encoder": SMALL[encoder], "decoder": SMALL[DECODER_OF.get(encoder, encoder)]}
+    parts = {
+        "encoder": part("encoder", encoder),
+        "decoder": part("decoder", DECODER_OF.get(encoder, encoder)),
+    }
     return WeightAutoencoder.from_datamodule(dm, n_probe=64, scheduler=None, **parts, **hparams)
 
 
@@ -101,7 +117,7 @@ LOSSES = {
     "recon": {},
     "contrastive": {"recon_weight": 0.0, "contrastive_weight": 1.0},
     "functional": {"recon_weight": 0.0, "functional_weight": 1.0},
-    "stats": {"recon_weight": 1e-6, "stats_weight": 1.0},
+    "stats": {"recon_weight": 1e-6, "features": {"weight": 1.0}},
 }
 
 
@@ -163,7 +179,7 @@ def test_decode_params_runs_with_the_functional_forward(datamodule):
 
 
 def test_weight_statistics_are_the_baselines_standardized(datamodule):
-    model = small_model(datamodule, stats_weight=1.0, stats_input=True)
+    model = small_model(datamodule, features={"weight": 1.0, "input": True})
     batch = next(iter(datamodule.val_dataloader()))
     params = datamodule.normalizer.denormalize_params(
         unflatten_params(batch["weights"], model.spec)
@@ -191,10 +207,12 @@ def test_weight_statistics_are_the_baselines_standardized(datamodule):
 def test_concatenated_statistics_are_latent_coordinates(datamodule, spectrum, products, function):
     model = small_model(
         datamodule,
-        stats_input="concat",
-        stats_spectrum=spectrum,
-        stats_products=products,
-        stats_function=function,
+        features={
+            "input": "concat",
+            "spectrum": spectrum,
+            "products": products,
+            "function": function,
+        },
     )
     batch = next(iter(datamodule.val_dataloader()))
     flat = batch["weights"]
@@ -211,7 +229,7 @@ def test_concatenated_statistics_are_latent_coordinates(datamodule, spectrum, pr
     if function:
         assert torch.equal(model.probe_targets, task.y_train[rows])
     probe = (task.x_train[rows], task.y_train[rows]) if function else None
-    features = layer_statistics(params, model.spec, spectrum, products, probe)
+    features = FeatureSpec(spectrum, products, function).compute(params, model.spec, probe)
     expected = (features - np.array(model.hparams.stats_mean)) / np.array(model.hparams.stats_std)
     np.testing.assert_allclose(model.weight_statistics(flat).numpy(), expected, atol=2e-3)
     z = model.encode(flat)
@@ -233,6 +251,9 @@ def test_concatenated_statistics_are_latent_coordinates(datamodule, spectrum, pr
     assert not torch.allclose(model.decode(moved), model.decode(z))
     terms = model.compute_losses(next(iter(datamodule.train_dataloader())))
     assert torch.isfinite(terms["loss"]) and "stats" not in terms
+    # The evaluation's reference for this latent: the same features, spectra always included.
+    reference = FeatureSpec(True, products, function).compute(params, model.spec, probe)
+    np.testing.assert_allclose(model.invariant_features(params), reference, rtol=1e-6)
 
 
 def test_outputs_use_each_members_activation():
@@ -251,13 +272,13 @@ def test_outputs_use_each_members_activation():
         expected = forward(one, x, spec, ["relu", "tanh"][code])[0]
         torch.testing.assert_close(out[i], expected)
     # The function features assume one activation for the whole zoo: a clear error otherwise.
-    with pytest.raises(ConfigError, match=r"^stats_function: .* mixes relu, tanh"):
+    with pytest.raises(ConfigError, match=r"^features.function: .* mixes relu, tanh"):
         WeightAutoencoder(
-            widths=spec.widths, activations=["relu", "tanh"], stats_function=True, n_probe=5
+            widths=spec.widths, activations=["relu", "tanh"], features={"function": True}, n_probe=5
         )
     with pytest.raises(ConfigError, match=r"^probe_targets: shape \(4,\), expected \(5,\)"):
         WeightAutoencoder(
-            widths=spec.widths, stats_function=True, n_probe=5, probe_targets=torch.zeros(4)
+            widths=spec.widths, features={"function": True}, n_probe=5, probe_targets=torch.zeros(4)
         )
 
 
@@ -282,7 +303,9 @@ def test_probe_encoder_is_invariant_to_the_networks_symmetries(datamodule):
         torch.testing.assert_close(model.encode(moved_flat), z, rtol=1e-4, atol=1e-4)  # same latent
         assert not torch.allclose(model.encode(flat.roll(1, 0)), z, atol=1e-3)
     with pytest.raises(ConfigError, match=r"^encoder.kind: probe needs a zoo of one activation"):
-        WeightAutoencoder(widths=spec.widths, activations=["relu", "tanh"], encoder=SMALL["probe"])
+        WeightAutoencoder(
+            widths=spec.widths, activations=["relu", "tanh"], encoder=part("encoder", "probe")
+        )
 
 
 def test_bad_options_are_config_errors(datamodule):
@@ -293,11 +316,11 @@ def test_bad_options_are_config_errors(datamodule):
     with pytest.raises(ConfigError, match="recon_weight"):
         small_model(datamodule, recon_weight=0.0)
     with pytest.raises(ConfigError, match="stats_mean"):
-        WeightAutoencoder(widths=[4, 3, 2], stats_weight=1.0)
-    with pytest.raises(ConfigError, match="stats_input"):
-        small_model(datamodule, stats_input="sum")
-    with pytest.raises(ConfigError, match="stats_weight"):
-        small_model(datamodule, stats_input="concat", stats_weight=1.0)
+        WeightAutoencoder(widths=[4, 3, 2], features={"weight": 1.0})
+    with pytest.raises(ConfigError, match="features.input"):
+        small_model(datamodule, features={"input": "sum"})
+    with pytest.raises(ConfigError, match="features.weight"):
+        small_model(datamodule, features={"input": "concat", "weight": 1.0})
     model = small_model(datamodule, contrastive_weight=0.5)
     with pytest.raises(ConfigError, match="two augmented views"):
         model.compute_losses(next(iter(datamodule.train_dataloader())))
@@ -310,8 +333,7 @@ def test_checkpoint_reloads_strictly_with_identical_outputs(encoder, views_datam
         encoder,
         contrastive_weight=0.1,
         functional_weight=1.0,
-        stats_weight=0.5,
-        stats_input=True,
+        features={"weight": 0.5, "input": True},
     )
     trainer = pl.Trainer(
         max_steps=2,
@@ -338,6 +360,63 @@ def test_checkpoint_reloads_strictly_with_identical_outputs(encoder, views_datam
         assert torch.equal(loaded.decode(z), model.decode(z))
     assert torch.equal(loaded.probe_inputs, model.probe_inputs)
     assert loaded.normalizer == views_datamodule.normalizer
+    # The hyperparameters are plain values; the feature use in its one canonical form.
+    assert loaded.hparams.features == {
+        "input": "add",
+        "weight": 0.5,
+        "spectrum": False,
+        "products": False,
+        "function": False,
+    }
+    assert loaded.encoder_kind == encoder
+
+
+def test_checkpoints_and_configs_from_before_the_restructure_still_load(datamodule, tmp_path):
+    """Old checkpoints name their parts by kind and carry five stats_* options; old run
+    configs name the old module paths: both are read as today's."""
+    model = small_model(datamodule, "transformer", features={"input": "concat", "spectrum": True})
+    hparams = {k: v for k, v in model.hparams.items() if k != "features"}
+    hparams["encoder"] = dict(SMALL["transformer"])  # kind only, no _target_
+    hparams["decoder"] = dict(SMALL["transformer"])
+    hparams.update(stats_weight=0.0, stats_input="concat", stats_spectrum=True)
+    hparams.update(stats_products=False, stats_function=False)
+    path = tmp_path / "old.ckpt"
+    torch.save(
+        {
+            "state_dict": model.state_dict(),
+            "hyper_parameters": hparams,
+            "pytorch-lightning_version": pl.__version__,
+        },
+        path,
+    )
+    loaded = WeightAutoencoder.load_from_checkpoint(path, strict=True)
+    assert loaded.hparams.features == model.hparams.features
+    assert loaded.hparams.encoder["_target_"] == TARGETS["encoder"]["transformer"]
+    flat = next(iter(datamodule.val_dataloader()))["weights"]
+    with torch.no_grad():
+        assert torch.equal(loaded.eval().encode(flat), model.eval().encode(flat))
+
+    old = OmegaConf.create(
+        {
+            "data": {"_target_": "weightspace.dataset.WeightDataModule", "seed": 0},
+            "model": {"_target_": "weightspace.autoencoder.WeightAutoencoder.from_datamodule"},
+        }
+    )
+    new = upgrade_config(old)
+    assert get_class(new.data._target_) is WeightDataModule
+    assert get_method(new.model._target_) == WeightAutoencoder.from_datamodule
+
+
+def test_parts_must_be_weightspace_modules(datamodule):
+    """A checkpoint's hyperparameters name classes to build: only weightspace's modules."""
+    with pytest.raises(ConfigError, match=r"^encoder._target_: 'os.system' is not a class of"):
+        WeightAutoencoder(widths=[4, 3, 2], encoder={"_target_": "os.system", "_partial_": True})
+    with pytest.raises(ConfigError, match=r"^decoder._target_: .* is not an nn.Module"):
+        WeightAutoencoder(
+            widths=[4, 3, 2], decoder={"_target_": "weightspace.features.FeatureSpec"}
+        )
+    with pytest.raises(ConfigError, match=r"^encoder: .*unexpected keyword argument 'depth'"):
+        WeightAutoencoder(widths=[4, 3, 2], encoder={**part("encoder", "mlp"), "depth": 3})
 
 
 # --------------------------------------------------------------------------- train(cfg)
@@ -404,7 +483,7 @@ def test_align_reads_the_merge_many_zoo(zoo_copy, tmp_path):
 
     # The main job's preset (make demo) on the same derived zoo: every loss it turns on runs.
     demo = ae_cfg(tmp_path / "demo", zoo_copy, "experiment=demo", "trainer.fast_dev_run=true")
-    assert demo.canon.name == "align" and demo.model.stats_input == "concat"
+    assert demo.canon.name == "align" and demo.model.features.input == "concat"
     metrics = train(demo)
     for key in ("train/recon", "train/functional", "val/agreement"):
         assert key in metrics and torch.isfinite(torch.tensor(metrics[key])), key
@@ -415,7 +494,8 @@ def test_align_reads_the_merge_many_zoo(zoo_copy, tmp_path):
         + len(product_spectrum_names(model.spec))
         + len(function_feature_names(model.spec))
     )
-    assert demo.model.stats_products and demo.model.stats_spectrum and demo.model.stats_function
+    features = demo.model.features
+    assert features.products and features.spectrum and features.function
     assert model.latent_width == demo.model.latent_dim + n_features
 
 

@@ -11,15 +11,14 @@ import torch
 import yaml
 from conftest import compose_cfg
 
-from weightspace.dataset import (
+from weightspace.data.datamodule import (
     EpochShuffleSampler,
-    LayerNormalizer,
     WeightDataModule,
-    WeightDataset,
-    collate_batch,
     make_loader,
     split_members,
 )
+from weightspace.data.dataset import WeightDataset, collate_batch
+from weightspace.data.normalizer import LayerNormalizer
 from weightspace.errors import ConfigError
 from weightspace.nets.forward import forward
 from weightspace.nets.layout import (
@@ -493,6 +492,13 @@ def test_datamodule_setup_and_one_batch_per_split(api_zoo_path, representation):
     plain = dm.dataset("test", augment=None, views=1)
     assert plain.normalizer is dm.normalizer
     assert plain[0][key].shape == ((D,) if key == "weights" else (26, 65))
+
+
+def test_datamodule_task_is_the_zoos_task(api_zoo_path, zoo):
+    dm = WeightDataModule(api_zoo_path, batch_size=4)
+    dm.setup("fit")
+    task, own = dm.task, zoo.task()
+    assert torch.equal(task.x_train, own.x_train) and torch.equal(task.y_test, own.y_test)
 
 
 @pytest.mark.filterwarnings("ignore:You passed in a `val_dataloader`")

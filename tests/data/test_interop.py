@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from weightspace.data.dataset import WeightDataset
 from weightspace.data.interop import from_nfn, from_state_dicts, to_nfn, to_state_dicts, to_wsfeat
-from weightspace.dataset import WeightDataset
 from weightspace.nets.forward import MLP, forward
 from weightspace.nets.layout import flatten_params
 from weightspace.nets.spec import MLPSpec

@@ -12,47 +12,35 @@ import torch
 from sklearn.linear_model import Ridge
 from threadpoolctl import threadpool_limits
 
-from weightspace.baselines import (
-    fit_pca,
-    function_feature_names,
-    function_features_torch,
-    layer_statistic_names,
-    layer_statistics,
-    network_feature_count,
-    network_features_torch,
-    product_spectrum_names,
-    product_spectrum_torch,
-    spectrum_names,
-    spectrum_torch,
-)
-from weightspace.dataset import WeightDataModule
-from weightspace.evaluation import (
+from weightspace.data.datamodule import WeightDataModule
+from weightspace.evaluation import evaluate_autoencoder
+from weightspace.evaluation.compare import compare_probes
+from weightspace.evaluation.probes import (
     ALPHAS,
     PROBE_COLUMNS,
     _ridge_path,
-    compare_probes,
-    evaluate_autoencoder,
     fit_boosting_probe,
-    fit_latent_density,
     fit_logistic_probe,
     fit_ridge_probe,
-    format_comparisons,
-    format_table,
-    generation_metrics,
-    load_split,
-    nearest_neighbour_distances,
     probe_boosting,
     probe_classification,
     probe_regression,
     probe_table,
-    probe_targets,
-    reconstruction_metrics,
-    top_fraction,
-    write_results,
 )
-from weightspace.nets.forward import MLP, member_params
+from weightspace.evaluation.reconstruction import reconstruction_metrics
+from weightspace.evaluation.results import EvalResults, write_results
+from weightspace.evaluation.sampling import (
+    fit_latent_density,
+    generation_metrics,
+    nearest_neighbour_distances,
+    top_fraction,
+)
+from weightspace.evaluation.scores import r2
+from weightspace.evaluation.splits import load_split, probe_targets
+from weightspace.evaluation.tables import format_comparisons, format_table
+from weightspace.features import FeatureSpec
+from weightspace.features.statistics import layer_statistics
 from weightspace.nets.spec import MLPSpec
-from weightspace.symmetry import apply_permutation, mlp_permutation_spec, random_permutations
 from weightspace.zoo.store import Zoo
 
 
@@ -265,156 +253,6 @@ def test_probe_table_rejects_misaligned_rows(planted):
         probe_table(reps, {"y": (y[:11], y[11:20], y[20:30])})
 
 
-# --------------------------------------------------------------------------- baselines
-def test_layer_statistics_of_known_tensors():
-    spec = MLPSpec((3, 4, 2))
-    one = {
-        "layers.0.weight": torch.arange(12.0).reshape(4, 3),
-        "layers.0.bias": torch.tensor([1.0, 1.0, 1.0, 1.0]),
-        "layers.1.weight": torch.zeros(2, 4),
-        "layers.1.bias": torch.tensor([-3.0, 4.0]),
-    }
-    params = {k: torch.stack([v, -v]) for k, v in one.items()}
-    feats = layer_statistics(params, spec)
-    names = layer_statistic_names(spec)
-    assert feats.shape == (2, 8 * 4) == (2, len(names))
-    f = dict(zip(names, feats[0]))
-    assert f["layers.0.weight/mean"] == 5.5
-    assert math.isclose(f["layers.0.weight/std"], np.arange(12).std())
-    quantiles = [f[f"layers.0.weight/q{q}"] for q in (0, 25, 50, 75, 100)]
-    assert quantiles == [0.0, 2.75, 5.5, 8.25, 11.0]
-    assert math.isclose(f["layers.0.weight/l2"], math.sqrt(sum(i * i for i in range(12))))
-    assert f["layers.0.bias/std"] == 0.0 and f["layers.0.bias/l2"] == 2.0
-    assert f["layers.1.weight/l2"] == 0.0 and f["layers.1.bias/l2"] == 5.0
-    assert f["layers.1.bias/q50"] == 0.5
-    g = dict(zip(names, feats[1]))  # the negated network
-    assert g["layers.0.weight/mean"] == -5.5 and g["layers.0.weight/q0"] == -11.0
-    assert g["layers.0.weight/l2"] == f["layers.0.weight/l2"]
-
-
-def _random_networks(seed: int):
-    """Four random [5, 7, 6, 3] networks, and the generator that drew them."""
-    spec = MLPSpec((5, 7, 6, 3))
-    gen = torch.Generator().manual_seed(seed)
-    return spec, gen, {k: torch.randn(4, *s, generator=gen) for k, s in spec.param_shapes().items()}
-
-
-def test_layer_statistics_ignore_hidden_unit_order():
-    spec, gen, params = _random_networks(0)
-    ps = mlp_permutation_spec(spec)
-    permuted = apply_permutation(ps, random_permutations(ps, 4, gen), params)
-    np.testing.assert_allclose(
-        layer_statistics(permuted, spec), layer_statistics(params, spec), rtol=1e-6, atol=1e-6
-    )
-
-
-def test_spectra_are_singular_values_largest_first_and_ignore_hidden_unit_order():
-    spec, gen, params = _random_networks(1)
-    sv = spectrum_torch(params, spec)
-    names = spectrum_names(spec)
-    assert sv.shape == (4, 5 + 6 + 3) == (4, len(names)) and names[5] == "layers.1.weight/sv0"
-    np.testing.assert_allclose(
-        sv[2, 5:11].numpy(), np.linalg.svd(params["layers.1.weight"][2].numpy())[1], rtol=1e-5
-    )
-    assert (sv[:, :5].diff(dim=1) <= 0).all()  # descending within a matrix
-    ps = mlp_permutation_spec(spec)
-    permuted = apply_permutation(ps, random_permutations(ps, 4, gen), params)
-    torch.testing.assert_close(spectrum_torch(permuted, spec), sv)
-    # An orthogonal matrix's spectrum is flat: what tells an orthogonal init apart.
-    q = torch.linalg.qr(torch.randn(7, 7, generator=gen))[0][:, :5]
-    flat = spectrum_torch({**params, "layers.0.weight": q.expand(4, 7, 5)}, spec)[:, :5]
-    torch.testing.assert_close(flat, torch.ones(4, 5))
-    stats_only = network_features_torch(params, spec)
-    both = network_features_torch(params, spec, spectrum=True)
-    torch.testing.assert_close(both, torch.cat([stats_only, sv.log()], 1))
-    np.testing.assert_allclose(
-        layer_statistics(params, spec, spectrum=True), both.double().numpy(), rtol=1e-5
-    )
-
-
-def test_product_spectra_are_those_of_the_end_to_end_maps_and_invariant():
-    spec, gen, params = _random_networks(2)
-    sv = product_spectrum_torch(params, spec)
-    names = product_spectrum_names(spec)
-    assert sv.shape == (4, 5 + 3) == (4, len(names)) and names[5] == "W2..W0/sv0"
-    w = [params[f"layers.{l}.weight"][1].double().numpy() for l in range(3)]
-    np.testing.assert_allclose(sv[1, :5].numpy(), np.linalg.svd(w[1] @ w[0])[1], rtol=1e-4)
-    np.testing.assert_allclose(sv[1, 5:].numpy(), np.linalg.svd(w[2] @ w[1] @ w[0])[1], rtol=1e-4)
-    ps = mlp_permutation_spec(spec)
-    permuted = apply_permutation(ps, random_permutations(ps, 4, gen), params)
-    torch.testing.assert_close(product_spectrum_torch(permuted, spec), sv)
-    # hidden-unit scaling (relu's symmetry) moves no product either
-    scaled = dict(params)
-    c = torch.rand(4, 7, generator=gen) + 0.5
-    scaled["layers.0.weight"] = params["layers.0.weight"] * c[:, :, None]
-    scaled["layers.1.weight"] = params["layers.1.weight"] / c[:, None, :]
-    torch.testing.assert_close(product_spectrum_torch(scaled, spec), sv, rtol=1e-4, atol=1e-5)
-    every = network_features_torch(params, spec, spectrum=True, products=True)
-    assert every.shape[1] == network_feature_count(spec, True, True) == 8 * 6 + 14 + 8
-    torch.testing.assert_close(every[:, -8:], sv.log())
-    np.testing.assert_allclose(
-        layer_statistics(params, spec, spectrum=True, products=True),
-        every.numpy(),
-        rtol=1e-5,
-        atol=1e-5,  # (float64 against float32)
-    )
-
-
-def test_function_features_are_one_networks_loss_gradient_and_outputs():
-    spec, gen, params = _random_networks(3)
-    x, y = torch.randn(9, 5, generator=gen), torch.randint(0, 3, (9,), generator=gen)
-    f = function_features_torch(params, spec, x, y)
-    names = function_feature_names(spec)
-    assert f.shape == (4, len(names)) and not any(p.requires_grad for p in params.values())
-    col = dict(zip(names, f[2]))
-    net = MLP(spec)  # member 2 as a plain module, its loss and gradient by autograd
-    net.load_state_dict(member_params(params, 2))
-    out = net(x)
-    loss = torch.nn.functional.cross_entropy(out, y)
-    grad_norm = torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(net.parameters()))])
-    out, prob = out.detach(), out.detach().softmax(-1)
-    expected = {
-        "f/log_out_rms": out.pow(2).mean().sqrt().log(),
-        "f/log_out_spread": out.std(0, correction=0).mean().log(),
-        "f/confidence": prob.max(-1).values.mean(),
-        "f/log_entropy": (-(prob * prob.log()).sum(-1)).mean().log(),
-        "f/log_margin": out.topk(2, -1).values.diff(dim=-1).neg().mean().log(),
-        "f/log_loss": loss.detach().log(),
-        "f/log_grad_norm": grad_norm.norm().log(),
-    }
-    for name, value in expected.items():
-        torch.testing.assert_close(col[name], value, rtol=1e-4, atol=1e-5, msg=name)
-    # The same under no_grad and inference mode (the evaluation's and Lightning's contexts).
-    with torch.inference_mode():
-        torch.testing.assert_close(function_features_torch(params, spec, x, y), f)
-    # Functions of the network's function and of the gradient's norm: hidden-unit order
-    # moves nothing.
-    ps = mlp_permutation_spec(spec)
-    permuted = apply_permutation(ps, random_permutations(ps, 4, gen), params)
-    torch.testing.assert_close(function_features_torch(permuted, spec, x, y), f)
-    # Regression targets: no softmax columns, mean squared error as the loss.
-    reg = MLPSpec((5, 7, 6, 1))
-    reg_params = {k: torch.randn(4, *s, generator=gen) for k, s in reg.param_shapes().items()}
-    target = torch.randn(9, 1, generator=gen)
-    g = function_features_torch(reg_params, reg, x, target)
-    assert g.shape == (4, 4) == (4, len(function_feature_names(reg)))
-    reg_out = MLP(reg)
-    reg_out.load_state_dict(member_params(reg_params, 0))
-    mse = (reg_out(x) - target).pow(2).mean()
-    torch.testing.assert_close(g[0, 2], mse.detach().log(), rtol=1e-5, atol=1e-6)
-    every = network_features_torch(params, spec, probe=(x, y))
-    assert every.shape[1] == network_feature_count(spec, function=True) == 8 * 6 + 7
-    torch.testing.assert_close(every[:, -7:], f)
-
-
-def test_pca_baseline_clamps_components_and_reconstructs_its_span():
-    rng = np.random.default_rng(5)
-    x = rng.normal(size=(10, 3)) @ rng.normal(size=(3, 40))  # rank 3
-    pca = fit_pca(x, 3)
-    np.testing.assert_allclose(pca.inverse_transform(pca.transform(x)), x, atol=1e-9)
-    assert fit_pca(x, 100).n_components_ == 10
-
-
 # --------------------------------------------------------------------------- reconstruction
 @pytest.fixture(scope="module")
 def trained(api_zoo_path):
@@ -598,21 +436,24 @@ def test_invariants_reference_carries_what_the_model_reads(datamodule, digits, m
     """A model that reads the product spectra and the function features gets a reference
     of the same features, on the model's own probe inputs."""
     model = PCAModel(load_split(datamodule, "train").weights, 3)
-    model.hparams = {"stats_products": True, "stats_function": True}
     model.probe_inputs, model.probe_targets = digits.x_train[:32], digits.y_train[:32]
+    # What the model reads, as it says itself (WeightAutoencoder.invariant_features).
+    model.invariant_features = lambda params: FeatureSpec(True, True, True).compute(
+        params, datamodule.spec, (model.probe_inputs, model.probe_targets)
+    )
     seen = {}
 
     def spy(reps, *args, **kwargs):
         seen.update(reps)
         return probe_table(reps, *args, **kwargs)
 
-    monkeypatch.setattr("weightspace.evaluation.probe_table", spy)
+    monkeypatch.setattr("weightspace.evaluation.evaluate.probe_table", spy)
     evaluate_autoencoder(model, datamodule, digits, n_samples=4, boosting=False)
     spec, test = datamodule.spec, load_split(datamodule, "test")
     probe = (model.probe_inputs, model.probe_targets)
-    assert seen["invariants"][2].shape[1] == network_feature_count(spec, True, True, True)
+    assert seen["invariants"][2].shape[1] == FeatureSpec(True, True, True).width(spec)
     np.testing.assert_allclose(
-        seen["invariants"][2], layer_statistics(test.params, spec, True, True, probe)
+        seen["invariants"][2], FeatureSpec(True, True, True).compute(test.params, spec, probe)
     )
     np.testing.assert_allclose(seen["stats"][2], layer_statistics(test.params, spec))
 
@@ -694,3 +535,67 @@ def test_evaluate_autoencoder_end_to_end(datamodule, digits, tmp_path):
 
     with pytest.raises(ValueError, match="latent_dim"):
         evaluate_autoencoder(model, datamodule, digits, latent_dim=5, n_samples=4)
+
+
+# --------------------------------------------------------------------------- results, scores
+def test_results_save_load_round_trip_and_summary_without_parsing(planted, tmp_path):
+    """EvalResults.load reads back what save wrote (saving it again gives the same bytes),
+    and the probe table's cells come from probes.csv, never from table.md."""
+    z, noise, y, labels = planted
+    reps = {"latent": tuple(*_split(z, n_train=250, n_val=75))}
+    reps["noise"] = tuple(*_split(noise, n_train=250, n_val=75))
+    targets = {
+        "prop": tuple(*_split(y, n_train=250, n_val=75)),
+        "cat": tuple(*_split(labels, n_train=250, n_val=75)),
+        "flat": tuple(*_split(np.full(400, 0.1), n_train=250, n_val=75)),
+    }
+    pred: dict = {}
+    probes = probe_table(reps, targets, {"cat"}, boosting=False, predictions=pred)
+    y_test = {t: np.asarray(v[2]) for t, v in targets.items()}
+    comparisons = compare_probes(pred, y_test, np.arange(75), {"cat"}, n_boot=50)
+    rec = pd.DataFrame(
+        {"epoch": [math.nan, 1.0], "r2_mean": [0.5, 1 / 3], "orig_acc": [math.nan, 0.9]},
+        index=["autoencoder", "autoencoder epoch 1"],
+    )
+    gen = {"density": "gaussian", "n_fit": 8, "nn_ratio": math.nan, "copy_fraction": 0.125}
+    res = EvalResults(probes, rec, comparisons, gen, {"task": "digits", "latent_dim": 4})
+    assert res["probes"] is probes and res.get("table") == format_table(probes)
+    assert list(res) == ["probes", "table", "comparisons", "reconstruction", "generation", "info"]
+
+    paths = res.save(tmp_path / "a")
+    back = EvalResults.load(tmp_path / "a")
+    again = back.save(tmp_path / "b")
+    for name, path in paths.items():
+        assert path.read_bytes() == again[name].read_bytes(), name
+    pd.testing.assert_frame_equal(back.probes, probes)
+    pd.testing.assert_frame_equal(back.reconstruction, rec)
+    assert back.generation["n_fit"] == 8 and math.isnan(back.generation["nn_ratio"])
+    assert write_results(dict(res), tmp_path / "c")["json"].read_bytes() == (
+        paths["json"].read_bytes()
+    )
+
+    summary = back.probe_summary()
+    lines = paths["table"].read_text().splitlines()
+    assert list(summary.columns) == [c.strip() for c in lines[0].strip("|").split("|")]
+    for row, line in zip(summary.itertuples(index=False), lines[2:]):
+        assert list(row) == [c.strip() for c in line.strip().strip("|").split("|")]
+    assert summary.set_index("target").loc["flat", "latent linear"] == "constant"
+    assert not EvalResults.is_saved(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError):
+        EvalResults.load(tmp_path / "nowhere")
+
+
+def test_one_r2_for_targets_tensors_and_flat_vectors():
+    """scores.r2 computes what the three former R² functions did, to the last bit: a 1-D
+    target (numpy), stacked tensors (torch, summed by torch) and flat vectors (numpy)."""
+    rng = np.random.default_rng(3)
+    y, p = rng.normal(size=37), rng.normal(size=37)
+    sst, sse = float(((y - y.mean()) ** 2).sum()), float(((y - p) ** 2).sum())
+    assert r2(y, p) == 1.0 - sse / sst
+    o, d = torch.randn(9, 5, 7, dtype=torch.float64), torch.randn(9, 5, 7, dtype=torch.float64)
+    sse, sst = float(((o - d) ** 2).sum()), float(((o - o.mean(0)) ** 2).sum())
+    assert r2(o, d) == 1.0 - sse / sst
+    a, b = o.numpy().reshape(9, -1), d.numpy().reshape(9, -1)
+    sst, sse = float(((a - a.mean(0)) ** 2).sum()), float(((a - b) ** 2).sum())
+    assert r2(a, b) == 1.0 - sse / sst
+    assert r2(np.ones(4), np.ones(4)) == 1.0 and math.isnan(r2(np.ones(4), np.zeros(4)))

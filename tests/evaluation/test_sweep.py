@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from autoencoder.test_autoencoder import SMALL_OVERRIDES  # (tests/ is on sys.path)
 from conftest import REPO, run_cli
-from test_autoencoder import SMALL_OVERRIDES
 
 from weightspace.errors import ConfigError
-from weightspace.sweep import summarize_sweep
+from weightspace.evaluation.sweep import summarize_sweep
 
 SUMMARIZE = REPO / "scripts" / "summarize_sweep.py"
 TRAIN = REPO / "scripts" / "train_autoencoder.py"

@@ -11,11 +11,13 @@ from conftest import compose_cfg
 from hydra import compose, initialize_config_dir
 
 from weightspace.config import CONF_DIR
-from weightspace.derive import derive
 from weightspace.errors import ConfigError, ZooError
 from weightspace.nets.forward import forward
-from weightspace.symmetry import flatten, undo_transform, weight_distance
-from weightspace.zoo.store import Zoo, sha256_file
+from weightspace.nets.layout import flatten_params, weight_distance
+from weightspace.symmetry import undo_transform
+from weightspace.symmetry.derive import derive
+from weightspace.zoo.files import sha256_file
+from weightspace.zoo.store import Zoo
 
 
 def derive_cfg(parent: Path, out: Path, *overrides: str):
@@ -67,7 +69,7 @@ def test_alignment_brings_members_closer(parent, tmp_path):
     out = derive(derive_cfg(parent, tmp_path / "mm", "transform.kind=merge_many"))
     p, z = Zoo.open(parent), Zoo.open(out)
     e = p.epochs[-1]
-    raw, al = flatten(p.weights(e), p.spec), flatten(z.weights(e), z.spec)
+    raw, al = flatten_params(p.weights(e), p.spec), flatten_params(z.weights(e), z.spec)
     d_raw = weight_distance(raw, raw.mean(0, keepdim=True)).mean()
     d_al = weight_distance(al, al.mean(0, keepdim=True)).mean()
     assert d_al < d_raw

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from weightspace import symmetry as S
 from weightspace.nets.forward import MLP, effective_params, forward
+from weightspace.nets.layout import flatten_params, unflatten_params, weight_distance
 from weightspace.nets.spec import ACTIVATIONS, MLPSpec
 from weightspace.zoo.population import sample_population
 from weightspace.zoo.train.loop import train_population
@@ -559,7 +560,7 @@ def test_weight_matching_recovers_a_permuted_copy(net, seed):
     assert_params_equal(
         effective_params(aligned, spec), effective_params(params, spec), False, 1e-6
     )
-    dist = S.weight_distance(S.flatten(aligned, spec), S.flatten(params, spec))
+    dist = weight_distance(flatten_params(aligned, spec), flatten_params(params, spec))
     assert bool((dist < 1e-6).all())
     # The returned transform maps the aligned weights back to the copy's own frame.
     assert_params_equal(S.undo_transform(aligned, spec, t), copy)
@@ -605,10 +606,10 @@ def test_sign_aware_matching_beats_permutations_alone_on_tanh(trained):
 def test_alignment_brings_trained_runs_closer(trained):
     """Different seeds end far apart; alignment removes part of that distance."""
     spec, params, _ = trained("relu", False)
-    flat = S.flatten(params, spec)
-    before = S.weight_distance(flat[1:], flat[:1])
+    flat = flatten_params(params, spec)
+    before = weight_distance(flat[1:], flat[:1])
     aligned, _ = S.align_to_reference(params, {k: v[:1] for k, v in params.items()}, spec)
-    after = S.weight_distance(S.flatten(aligned, spec)[1:], flat[:1])
+    after = weight_distance(flatten_params(aligned, spec)[1:], flat[:1])
     assert bool((after < 0.95 * before).all()), (before, after)
 
 
@@ -620,9 +621,9 @@ def test_merge_many_puts_permuted_copies_in_one_frame(net, seed):
     odd = spec.activation in S.ODD_ACTIVATIONS
     copies = S.apply_transform(one, spec, S.random_transform(spec, 4, gen(seed), odd))
     merged, t, mean = S.merge_many(copies, spec, seed=seed, sign_aware=odd)
-    flat = S.flatten(merged, spec)
-    assert bool((S.weight_distance(flat, flat[:1]) < 1e-6).all())  # all in one frame
-    torch.testing.assert_close(S.flatten(mean, spec), flat.mean(0, keepdim=True))
+    flat = flatten_params(merged, spec)
+    assert bool((weight_distance(flat, flat[:1]) < 1e-6).all())  # all in one frame
+    torch.testing.assert_close(flatten_params(mean, spec), flat.mean(0, keepdim=True))
     assert_params_equal(S.undo_transform(merged, spec, t), copies)
 
 
@@ -633,8 +634,8 @@ def test_merge_many_on_trained_networks(trained):
     assert_params_equal(S.undo_transform(merged, spec, t), params)
 
     def spread(p):
-        flat = S.flatten(p, spec)
-        return S.weight_distance(flat, flat.mean(0, keepdim=True)).mean()
+        flat = flatten_params(p, spec)
+        return weight_distance(flat, flat.mean(0, keepdim=True)).mean()
 
     assert spread(merged) < spread(params)
     assert mean["layers.0.weight"].shape == (1, 16, 64)
@@ -665,7 +666,7 @@ def test_merge_many_stops_at_its_tolerance(trained, capsys):
     assert_params_equal(S.undo_transform(early[0], spec, early[1]), params)
 
     def objective(p):
-        flat = S.flatten(p, spec).double()
+        flat = flatten_params(p, spec).double()
         return float(flat.sum(0).square().sum() - flat.square().sum()) / 2
 
     assert objective(params) < objective(early[0]) <= objective(full[0]) * (1 + 1e-9)
@@ -703,9 +704,9 @@ def test_activation_matching_on_trained_networks(trained):
     perms = S.activation_matching(params, ref, x, spec)
     assert all(torch.equal(p[0], torch.arange(p.shape[-1])) for p in perms.values())
     aligned = S.apply_permutation(S.mlp_permutation_spec(spec), perms, params)
-    flat, ref_flat = S.flatten(params, spec), S.flatten(ref, spec)
-    after = S.weight_distance(S.flatten(aligned, spec)[1:], ref_flat)
-    assert bool((after < S.weight_distance(flat[1:], ref_flat)).all())
+    flat, ref_flat = flatten_params(params, spec), flatten_params(ref, spec)
+    after = weight_distance(flatten_params(aligned, spec)[1:], ref_flat)
+    assert bool((after < weight_distance(flat[1:], ref_flat)).all())
 
 
 # --------------------------------------------------------------------------- augmentation
@@ -741,14 +742,14 @@ def test_augment_views_differ_and_flip_signs_only_when_odd():
 @given(net=networks())
 def test_flatten_round_trip(net):
     spec, params = net
-    flat = S.flatten(params, spec)
+    flat = flatten_params(params, spec)
     assert flat.shape == (_m(params), spec.n_params())
     eff = effective_params(params, spec)
-    assert_params_equal(S.unflatten(flat, spec), eff)
-    assert list(S.unflatten(flat, spec)) == list(spec.param_shapes())
+    assert_params_equal(unflatten_params(flat, spec), eff)
+    assert list(unflatten_params(flat, spec)) == list(spec.param_shapes())
     if spec.weight_norm:
-        tr = S.flatten(params, spec, trainable=True)
-        assert_params_equal(S.unflatten(tr, spec, trainable=True), params)
+        tr = flatten_params(params, spec, trainable=True)
+        assert_params_equal(unflatten_params(tr, spec, trainable=True), params)
 
 
 def test_flatten_order_is_the_state_dict_order():
@@ -756,29 +757,29 @@ def test_flatten_order_is_the_state_dict_order():
     net = MLP(spec)
     stacked = {k: v.unsqueeze(0) for k, v in net.state_dict().items()}
     expected = torch.cat([v.flatten() for v in net.state_dict().values()])
-    assert torch.equal(S.flatten(stacked, spec)[0], expected)
+    assert torch.equal(flatten_params(stacked, spec)[0], expected)
     assert torch.equal(
-        S.flatten(stacked, spec)[0], torch.nn.utils.parameters_to_vector(net.parameters())
+        flatten_params(stacked, spec)[0], torch.nn.utils.parameters_to_vector(net.parameters())
     )
     with pytest.raises(ValueError, match="values per member"):
-        S.unflatten(torch.zeros(1, 5), spec)
+        unflatten_params(torch.zeros(1, 5), spec)
 
 
 def test_weight_distance():
     g = gen(0)
     a, b = torch.randn(5, 40, generator=g), torch.randn(5, 40, generator=g)
-    d = S.weight_distance(a, b)
+    d = weight_distance(a, b)
     assert d.shape == (5,) and bool((d > 0).all())
-    torch.testing.assert_close(d, S.weight_distance(b, a))
-    torch.testing.assert_close(S.weight_distance(3 * a, 3 * b), d)
-    assert bool((S.weight_distance(a, a) == 0).all())
-    assert bool((S.weight_distance(torch.zeros(2, 3), torch.zeros(2, 3)) == 0).all())
+    torch.testing.assert_close(d, weight_distance(b, a))
+    torch.testing.assert_close(weight_distance(3 * a, 3 * b), d)
+    assert bool((weight_distance(a, a) == 0).all())
+    assert bool((weight_distance(torch.zeros(2, 3), torch.zeros(2, 3)) == 0).all())
     e = torch.eye(2)
     torch.testing.assert_close(
-        S.weight_distance(e[:1], e[1:]), torch.tensor([2**0.5], dtype=torch.float64)
+        weight_distance(e[:1], e[1:]), torch.tensor([2**0.5], dtype=torch.float64)
     )
     spec = MLPSpec((3, 4, 2))
     p, q = random_params(spec, 2, 0), random_params(spec, 2, 1)
     torch.testing.assert_close(
-        S.weight_distance(p, q), S.weight_distance(S.flatten(p, spec), S.flatten(q, spec))
+        weight_distance(p, q), weight_distance(flatten_params(p, spec), flatten_params(q, spec))
     )

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import compose_cfg
 
-from weightspace.dataset import WeightDataModule
+from weightspace.data.datamodule import WeightDataModule
 from weightspace.errors import ConfigError, ZooError
 from weightspace.zoo.collection import ZooCollection
 from weightspace.zoo.generate import generate

@@ -1,24 +1,22 @@
-"""The fused CPU trainer: its layout, its padding, its errors and the fallback to torch."""
+"""The fused CPU trainer: its layout, padding, shuffle, errors and the fallback to torch.
+
+(Its numbers against the torch path's: ``tests/nets/test_parity.py``.)
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from populations import fused_population
 
 from weightspace.errors import ConfigError
 from weightspace.nets.spec import MLPSpec
 from weightspace.zoo.init import init_population
 from weightspace.zoo.population import sample_population
 from weightspace.zoo.train import fused
-from weightspace.zoo.train.loop import (
-    choose_trainer,
-    evaluate,
-    member_epoch_order,
-    member_subset,
-    shuffled,
-    train_population,
-)
+from weightspace.zoo.train.data_order import member_epoch_order, member_subset, shuffled
+from weightspace.zoo.train.loop import choose_trainer, train_population
 
 
 @pytest.fixture
@@ -31,22 +29,9 @@ def no_compiler(monkeypatch, tmp_path):
     fused.library.cache_clear()
 
 
-def _population(spec, n, optimizer="sgd", seed=0):
-    members = sample_population({"seed": list(range(n))}, n, seed=seed)
-    lr = np.full(n, 0.05)
-    return members, fused.FusedPopulation(
-        spec,
-        init_population(spec, members),
-        optimizer,
-        lr,
-        np.full(n, 0.9),
-        np.full(n, 1e-3),
-    )
-
-
 def test_layout_round_trip_and_padding():
     spec = MLPSpec((5, 20, 3))
-    members, pop = _population(spec, 3)
+    members, pop = fused_population(spec, 3)
     init = init_population(spec, members)
     (i0, o0, p0, w0, b0), (i1, o1, p1, w1, b1) = pop.layout.layers
     assert (p0, p1) == (32, 16)  # outputs padded to a multiple of 16
@@ -61,7 +46,7 @@ def test_layout_round_trip_and_padding():
 def test_padding_stays_zero_through_training(digits, optimizer):
     """Padded weights and biases get no gradient, so no optimizer ever moves them."""
     spec = MLPSpec((64, 20, 10), "sigmoid")  # sigmoid(0) = 0.5: padded units are not 0
-    members, pop = _population(spec, 4, optimizer)
+    members, pop = fused_population(spec, 4, optimizer)
     start = pop.params.clone()
     order = torch.stack([torch.from_numpy(member_epoch_order(s, 1437, 1.0, 1)) for s in range(4)])
     x, y = digits.x_train, digits.y_train
@@ -76,7 +61,7 @@ def test_padding_stays_zero_through_training(digits, optimizer):
 
 
 def test_kernel_shuffles_as_the_reference():
-    """The kernel's in-place data order is zoo.train.loop.shuffled, number for number."""
+    """The kernel's in-place data order is zoo.train.data_order.shuffled, number for number."""
     seeds = np.array([0, 1, 7, -3, 2**62 + 5, 7], dtype=np.int64)
     subsets = np.stack([member_subset(i, 300, 0.4) for i in range(len(seeds))])
     for base in (subsets, np.arange(300)[None]):
@@ -93,8 +78,8 @@ def test_kernel_trains_on_its_own_shuffle(digits):
     spec = MLPSpec((64, 12, 10))
     seeds = torch.arange(4) * 11
     base = torch.arange(len(digits.x_train))[None]
-    _, a = _population(spec, 4)
-    _, b = _population(spec, 4)
+    _, a = fused_population(spec, 4)
+    _, b = fused_population(spec, 4)
     x, y = digits.x_train, digits.y_train
     for epoch in (1, 2):
         t0 = (epoch - 1) * 45
@@ -104,28 +89,9 @@ def test_kernel_trains_on_its_own_shuffle(digits):
     assert torch.equal(a.params, b.params)
 
 
-@pytest.mark.parametrize("activation", ["relu", "tanh", "gelu", "sigmoid", "leaky_relu"])
-def test_kernel_evaluates_as_the_torch_path(digits, sine, activation):
-    for task, widths in ((digits, (64, 20, 10)), (sine, (1, 9, 7, 1))):
-        spec = MLPSpec(widths, activation)
-        members, pop = _population(spec, 5)
-        with torch.no_grad():  # some members' outputs far apart, one's NaN
-            pop.params[1] *= 3
-            pop.params[3] = float("nan")
-        params = pop.tensors()
-        for x, y in ((task.x_train, task.y_train), (task.x_test, task.y_test)):
-            loss, acc = pop.evaluate(x, y, slice(0, 5))
-            ref_loss, ref_acc = evaluate(params, spec, x, y, task)
-            torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6, equal_nan=True)
-            torch.testing.assert_close(acc, ref_acc, rtol=0, atol=0, equal_nan=True)
-        part = pop.evaluate(task.x_test, task.y_test, slice(2, 4))
-        whole = pop.evaluate(task.x_test, task.y_test, slice(0, 5))
-        torch.testing.assert_close(part[0], whole[0][2:4], rtol=0, atol=0, equal_nan=True)
-
-
 def test_bad_indices_are_refused(digits):
     spec = MLPSpec((64, 8, 10))
-    _, pop = _population(spec, 2)
+    _, pop = fused_population(spec, 2)
     bad_order = torch.full((2, 32), len(digits.x_train))
     with pytest.raises(IndexError, match="row index outside"):
         pop.epoch(digits.x_train, digits.y_train, bad_order, 32, 0, slice(0, 2))

@@ -13,9 +13,9 @@ import pytorch_lightning as pl
 from conftest import REPO, cli_env, cli_overrides, compose_cfg, run_cli
 from hydra import compose, initialize_config_dir
 
+from weightspace.autoencoder.train import CONFIG_DIR, CONFIG_NAME
 from weightspace.config import CONF_DIR
-from weightspace.dataset import WeightDataModule
-from weightspace.train_ae import CONFIG_DIR, CONFIG_NAME
+from weightspace.data.datamodule import WeightDataModule
 from weightspace.zoo.generate import generate
 from weightspace.zoo.store import Zoo
 
@@ -170,7 +170,7 @@ def test_ddp_two_cpu_processes_see_disjoint_data_and_write_one_run(api_zoo_path,
     # The process of rank 1 adds only its Hydra log (hydra.output_subdir=null for it).
     assert {p.name for p in run.iterdir()} == {
         *(".hydra", "checkpoints", "config.yaml", "csv", "evaluation", "metrics.json"),
-        *("run.json", "train_ae.log", "train_ddp_process_1.log"),
+        *("run.json", "train_autoencoder.log", "train_ddp_process_1.log"),
     }
     for name in ("run.json", "config.yaml", "metrics.json", "evaluation/table.md"):
         assert (run / name).is_file(), name

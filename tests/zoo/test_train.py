@@ -1,4 +1,7 @@
-"""Population training against plain PyTorch, data order, checkpoints and divergence."""
+"""Population training against plain PyTorch, data order, checkpoints and divergence.
+
+(The chunked evaluation against the plain module: ``tests/nets/test_parity.py``.)
+"""
 
 import numpy as np
 import pandas as pd
@@ -12,15 +15,13 @@ from weightspace.nets.forward import MLP, effective_params, forward
 from weightspace.nets.spec import MLPSpec
 from weightspace.zoo.init import init_member, init_population
 from weightspace.zoo.population import sample_population
-from weightspace.zoo.train.loop import (
-    checkpoint_epochs,
-    evaluate,
+from weightspace.zoo.train.data_order import (
     member_epoch_order,
     member_labels,
     member_subset,
     shuffled,
-    train_population,
 )
+from weightspace.zoo.train.loop import checkpoint_epochs, train_population
 
 TOL = {"atol": 1e-4, "rtol": 1e-4}
 
@@ -295,22 +296,6 @@ def test_result_layout_and_metrics(digits):
         rows = m[m["epoch"] == epoch].sort_values("member_id")
         np.testing.assert_allclose(rows["test_acc"], acc.numpy(), rtol=0, atol=1e-6)
         np.testing.assert_allclose(rows["test_loss"], loss.mean(1).numpy(), rtol=1e-5)
-
-
-def test_evaluate_matches_plain_modules(digits):
-    # A wide population, so that an implementation evaluating in chunks has several.
-    spec = MLPSpec((64, 128, 10))
-    members = sample_population({"init": "normal", "init_std": 0.1, "bias_init": "normal"}, 100)
-    params = init_population(spec, members)
-    loss, acc = evaluate(params, spec, digits.x_test, digits.y_test, digits)
-    assert loss.shape == acc.shape == (100,)
-    for i in (0, 37, 99):
-        net = MLP(spec)
-        net.load_state_dict({k: v[i] for k, v in params.items()})
-        with torch.no_grad():
-            out = net(digits.x_test)
-        assert acc[i].item() == pytest.approx((out.argmax(1) == digits.y_test).float().mean())
-        assert loss[i].item() == pytest.approx(F.cross_entropy(out, digits.y_test).item(), 1e-5)
 
 
 def test_mixed_static_keys_are_refused(digits):

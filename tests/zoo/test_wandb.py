@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from weightspace.zoo.generate import generate, wandb_mode
+from weightspace.tracking import wandb_mode
+from weightspace.zoo.generate import generate
 
 
 def test_wandb_mode_is_offline_unless_logged_in(monkeypatch, tmp_path):

@@ -6,15 +6,17 @@ import os
 import numpy as np
 import pytest
 import torch
-import weightspace.zoo.store as zoo_module
 from safetensors import safe_open
 
+import weightspace.zoo.files as files_module
+import weightspace.zoo.store as zoo_module
 from weightspace.errors import ZooError
 from weightspace.nets.forward import MLP
 from weightspace.nets.spec import MLPSpec
+from weightspace.zoo.files import atomic_write_bytes, sha256_file
 from weightspace.zoo.init import init_member
 from weightspace.zoo.population import DEFAULT_HPARAMS
-from weightspace.zoo.store import MANIFEST, Zoo, atomic_write_bytes, sha256_file
+from weightspace.zoo.store import MANIFEST, Zoo
 
 N, EPOCHS, CHECKPOINTS = 12, 3, [0, 1, 3]
 
@@ -224,7 +226,7 @@ def test_atomic_write_leaves_old_file_or_new_file(tmp_path, monkeypatch):
     def fail(*_args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(zoo_module.os, "replace", fail)
+    monkeypatch.setattr(files_module.os, "replace", fail)
     with pytest.raises(KeyboardInterrupt):
         atomic_write_bytes(target, b"new contents")
     assert target.read_bytes() == b"old"

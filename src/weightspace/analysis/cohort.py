@@ -7,10 +7,9 @@ from functools import cached_property
 
 import numpy as np
 import pandas as pd
-import torch
 
 from weightspace.errors import ConfigError
-from weightspace.nets.spec import MLPSpec
+from weightspace.nets.spec import MLPSpec, Params
 from weightspace.zoo.store import Zoo
 from weightspace.zoo.tasks import Task
 
@@ -75,7 +74,10 @@ class Cohort:
     def task(self) -> Task:
         return self.zoo.task()
 
-    def weights(self, epoch: int, trainable: bool = False) -> dict[str, torch.Tensor]:
+    def weights(self, epoch: int, trainable: bool = False) -> Params:
+        """Stacked parameters of the members at ``epoch`` (:meth:`Zoo.weights`: effective
+        ``weight`` / ``bias``, plus ``weight_g`` / ``weight_v`` when ``trainable`` and the zoo
+        uses weight normalization)."""
         return self.zoo.weights(epoch, self.ids, trainable=trainable)
 
     def metric(self, name: str, epoch: int) -> np.ndarray:

@@ -1,15 +1,18 @@
 """The numbers behind the report: per-layer statistics, distances between networks and
-between their functions, symmetry breaking. Pure functions of stacked parameters.
+between their functions, symmetry breaking. Pure functions of stacked parameters and of the
+members table; the question modules orchestrate them over cohorts.
 
 Everything takes stacked parameters (``{"layers.{l}.weight": (M, out, in), ...}``, the
 effective ones unless said otherwise) and returns one value per member or per pair, so a whole
 zoo is measured in a few batched calls. Computations that sum many terms run in float64.
+:func:`as_lists` turns measured values into the plain lists a report's ``figures.json`` holds.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,9 +22,9 @@ from scipy.sparse.csgraph import connected_components
 from torch import Tensor
 
 from weightspace.nets.forward import forward
-from weightspace.nets.spec import MLPSpec
+from weightspace.nets.metrics import evaluate
+from weightspace.nets.spec import MLPSpec, Params, bias_name, weight_name
 from weightspace.zoo.tasks import Task
-from weightspace.zoo.train.loop import evaluate
 
 # Members-table columns that say *which run* a member is, not *how* it was trained: members
 # equal in every other column are repeated runs of one configuration.
@@ -37,13 +40,13 @@ RUN_COLUMNS = (
 
 
 # --------------------------------------------------------------------------- per layer
-def layer_norms(params: Mapping[str, Tensor], spec: MLPSpec) -> dict[str, Tensor]:
+def layer_norms(params: Params, spec: MLPSpec) -> dict[str, Tensor]:
     """Per member and layer: ``weight`` ||W_l||_F, ``bias`` ||b_l|| and ``ratio``
     ||W_l||_F / ||b_l|| (NaN where the bias is exactly zero, e.g. at a zero bias init).
     Each (M, n_layers), float64."""
     w = torch.stack(
         [
-            torch.linalg.vector_norm(params[f"layers.{l}.weight"].double(), dim=(1, 2))
+            torch.linalg.vector_norm(params[weight_name(l)].double(), dim=(1, 2))
             for l in range(spec.n_layers)
         ],
         dim=1,
@@ -51,7 +54,7 @@ def layer_norms(params: Mapping[str, Tensor], spec: MLPSpec) -> dict[str, Tensor
     if spec.bias:
         b = torch.stack(
             [
-                torch.linalg.vector_norm(params[f"layers.{l}.bias"].double(), dim=1)
+                torch.linalg.vector_norm(params[bias_name(l)].double(), dim=1)
                 for l in range(spec.n_layers)
             ],
             dim=1,
@@ -60,6 +63,12 @@ def layer_norms(params: Mapping[str, Tensor], spec: MLPSpec) -> dict[str, Tensor
         b = torch.full_like(w, float("nan"))
     ratio = torch.where(b > 0, w / b.clamp_min(1e-300), float("nan"))
     return {"weight": w, "bias": b, "ratio": ratio}
+
+
+def norm_profile(params: Params, spec: MLPSpec) -> dict[str, dict[str, np.ndarray]]:
+    """Median and IQR over the members of :func:`layer_norms`: kind (weight, bias, ratio)
+    -> q25 / median / q75, each (n_layers,)."""
+    return {k: quantiles(v, 0) for k, v in layer_norms(params, spec).items()}
 
 
 def singular_values(w: Tensor) -> Tensor:
@@ -137,7 +146,7 @@ def function_distance(out_a: Tensor, out_b: Tensor, classification: bool) -> dic
     return {"disagreement": disagree, "logit_l2": logit, "softmax_l2": soft}
 
 
-def outputs(params: Mapping[str, Tensor], x: Tensor, spec: MLPSpec, chunk: int = 4096) -> Tensor:
+def outputs(params: Params, x: Tensor, spec: MLPSpec, chunk: int = 4096) -> Tensor:
     """Network outputs (M, B, C) on inputs (B, in), computed in chunks of inputs."""
     with torch.no_grad():
         parts = [forward(params, x[s : s + chunk], spec) for s in range(0, len(x), chunk)]
@@ -145,9 +154,7 @@ def outputs(params: Mapping[str, Tensor], x: Tensor, spec: MLPSpec, chunk: int =
 
 
 # --------------------------------------------------------------------------- paths
-def interpolate(
-    a: Mapping[str, Tensor], b: Mapping[str, Tensor], ts: Sequence[float]
-) -> dict[str, Tensor]:
+def interpolate(a: Params, b: Params, ts: Sequence[float]) -> Params:
     """Networks on the straight lines between pairs: (P, ...) and (P, ...) -> (P * T, ...),
     pair-major (network ``p * T + i`` is ``(1 - t_i) a_p + t_i b_p``)."""
     t = torch.as_tensor(list(ts), dtype=torch.float64)
@@ -163,8 +170,8 @@ def interpolate(
 
 
 def path_metrics(
-    a: Mapping[str, Tensor],
-    b: Mapping[str, Tensor],
+    a: Params,
+    b: Params,
     spec: MLPSpec,
     task: Task,
     x: Tensor,
@@ -209,12 +216,34 @@ def group_labels(members: pd.DataFrame, column: str, max_groups: int = 6) -> pd.
     quantile bin (three bins)."""
     values = members[column]
     if values.nunique() <= max_groups or not pd.api.types.is_numeric_dtype(values):
-        return values.map(lambda v: f"{column}={_fmt(v)}")
+        return values.map(lambda v: f"{column}={format_value(v)}")
     bins = pd.qcut(values, 3, duplicates="drop")
-    return bins.map(lambda iv: f"{column} in [{_fmt(iv.left)}, {_fmt(iv.right)}]").astype(str)
+    return bins.map(
+        lambda iv: f"{column} in [{format_value(iv.left)}, {format_value(iv.right)}]"
+    ).astype(str)
 
 
-def _fmt(v) -> str:
+def group_column(members: pd.DataFrame, column: str | None = None) -> str | None:
+    """The hyperparameter to group members by: ``column``, else the first one that varies."""
+    varying = varying_columns(members)
+    if column is not None:
+        if column not in members.columns:
+            raise KeyError(column)
+        return column
+    return varying[0] if varying else None
+
+
+def natural_key(label: str):
+    """Sort key of a group label: 'lr=0.01' < 'lr=0.1' numerically when the value is a number."""
+    value = label.split("=", 1)[-1].split(" ")[-1].strip("[]")
+    try:
+        return (0, float(value), label)
+    except ValueError:
+        return (1, 0.0, label)
+
+
+def format_value(v) -> str:
+    """A hyperparameter value for a label: floats to 3 significant digits."""
     if isinstance(v, float | np.floating):
         return f"{float(v):.3g}"
     return str(v)
@@ -228,3 +257,18 @@ def quantiles(x: Tensor | np.ndarray, dim: int = 0) -> dict[str, np.ndarray]:
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices: NaN is the answer
         q = np.nanquantile(a, [0.25, 0.5, 0.75], axis=dim)
     return {"q25": q[0], "median": q[1], "q75": q[2]}
+
+
+def as_lists(x: Any) -> Any:
+    """numpy / torch values as plain lists and floats (NaN kept; the report makes it null)."""
+    if isinstance(x, Tensor):
+        x = x.detach().cpu().numpy()
+    if isinstance(x, np.ndarray):
+        return x.astype(np.float64).tolist() if x.dtype.kind == "f" else x.tolist()
+    if isinstance(x, dict):
+        return {k: as_lists(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [as_lists(v) for v in x]
+    if isinstance(x, np.generic):
+        return x.item()
+    return x

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure as MplFigure
 
-from weightspace.zoo.store import atomic_write_bytes
+from weightspace.zoo.files import atomic_write_bytes
 
 REPORT_FILE = "report.html"
 DATA_FILE = "figures.json"
@@ -292,24 +292,13 @@ def log_wandb(
 ) -> None:
     """One W&B run with every figure (``<section>/<figure>`` images), every table and the
     sections' headline numbers in the summary. Offline unless logged in
-    (:func:`weightspace.zoo.generate.wandb_mode`); the run is finished whatever happens."""
+    (:func:`weightspace.tracking.wandb_mode`); the run is finished whatever happens
+    (:func:`weightspace.tracking.wandb_run`)."""
     import wandb
 
-    from weightspace.zoo.generate import wandb_mode
+    from weightspace.tracking import wandb_run
 
-    Path(logger_cfg["dir"]).mkdir(parents=True, exist_ok=True)
-    run = wandb.init(
-        project=logger_cfg.get("project"),
-        entity=logger_cfg.get("entity"),
-        group=logger_cfg.get("group"),
-        tags=list(logger_cfg.get("tags") or []),
-        name=name,
-        job_type="analysis",
-        dir=logger_cfg["dir"],
-        mode=wandb_mode(logger_cfg.get("mode")),
-        config=dict(config),
-    )
-    try:
+    with wandb_run(logger_cfg, name, "analysis", config) as run:
         logs: dict[str, Any] = {}
         for s in report.sections:
             for f in s.figures:
@@ -327,5 +316,3 @@ def log_wandb(
             }
         )
         run.summary["report"] = str(files.html)
-    finally:
-        run.finish()

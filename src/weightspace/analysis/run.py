@@ -5,14 +5,15 @@ report goes to ``out`` as ``report.html`` (figures embedded), one PNG per figure
 ``figures.json`` with every figure's numbers, and to W&B with ``logger=wandb``.
 
 Presets (``conf/experiment/analysis/*.yaml``) can make their zoos first: ``generate.<key>``
-lists named candidate zoo configs (overrides of ``conf/generate.yaml``) for ``zoo`` or
+lists named candidate zoo configs (overrides of ``conf/generate.yaml``, usually one zoo preset
+by name: ``[experiment=zoo/NAME]``, ``conf/experiment/zoo/NAME.yaml``) for ``zoo`` or
 ``compare_zoo``; when that key is null, the first candidate whose task data is on disk is
 generated (or resumed, or found finished) and analysed. A path given on the command line
 wins over the preset's zoo.
 
 ``autoencoder=RUN`` (a run folder, a run name under ``paths.log_dir``, or ``latest``;
-:func:`weightspace.latents.resolve_run`) is loaded before anything else, so a bad value fails
-at once; with no ``zoo`` the run's zoo (its parent, for a derived zoo) is analysed.
+:func:`weightspace.autoencoder.run.resolve_run`) is loaded before anything else, so a bad value
+fails at once; with no ``zoo`` the run's zoo (its parent, for a derived zoo) is analysed.
 
 **Why the config is composed from a folder of links.** ``conf/`` holds the generator's
 ``zoo`` group and the autoencoder's ``autoencoder`` folder, and Hydra reads a command-line
@@ -38,9 +39,9 @@ from omegaconf.errors import MissingMandatoryValue
 
 from weightspace.analysis.report import Report, log_wandb, write_report
 from weightspace.analysis.sections import SECTIONS, Inputs
+from weightspace.autoencoder.run import Run, load_run, resolve_run
 from weightspace.config import CONF_DIR, to_dict
 from weightspace.errors import ConfigError, DataError, ZooError
-from weightspace.latents import Run, load_run, resolve_run
 from weightspace.zoo.store import MANIFEST, Zoo
 
 log = logging.getLogger(__name__)

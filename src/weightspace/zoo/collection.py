@@ -27,7 +27,7 @@ import torch
 
 from weightspace.errors import ConfigError, ZooError
 from weightspace.nets.forward import MLP
-from weightspace.nets.spec import MLPSpec
+from weightspace.nets.spec import MLPSpec, Params
 from weightspace.zoo.store import Zoo
 
 
@@ -170,14 +170,14 @@ class ZooCollection:
     # ---- weights
     def weights(
         self, epoch: int, members: Iterable[int] | None = None, trainable: bool = False
-    ) -> dict[str, torch.Tensor]:
+    ) -> Params:
         """Stacked parameters of the global ``members`` (default: all) at ``epoch``,
         ``{name: (len(members), ...)}`` in the order given: one :meth:`Zoo.weights` read per
         zoo touched, then put in place."""
         idx = np.arange(len(self)) if members is None else np.asarray(list(members), np.int64)
         idx = self._check(idx.reshape(-1))
         zi = np.searchsorted(self.offsets, idx, side="right") - 1
-        out: dict[str, torch.Tensor] = {}
+        out: Params = {}
         for z in np.unique(zi):
             where = np.flatnonzero(zi == z)
             part = self.zoos[int(z)].weights(epoch, idx[where] - self.offsets[z], trainable)
@@ -190,7 +190,7 @@ class ZooCollection:
             return self.zoos[0].weights(epoch, [], trainable)
         return out
 
-    def state_dict(self, index: int, epoch: int) -> dict[str, torch.Tensor]:
+    def state_dict(self, index: int, epoch: int) -> Params:
         zi, mid = self.locate(int(index))
         return self.zoos[zi].state_dict(mid, epoch)
 

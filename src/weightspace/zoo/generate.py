@@ -9,7 +9,6 @@ command resumes it and ends with the same bytes as an uninterrupted run.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from weightspace.cli import progress_bar
 from weightspace.config import fingerprint, to_dict
 from weightspace.errors import ConfigError
 from weightspace.nets.spec import MLPSpec
+from weightspace.tracking import wandb_run
 from weightspace.zoo.population import STATIC_KEYS, sample_population
 from weightspace.zoo.store import Zoo, ZooWriter
 from weightspace.zoo.tasks import Task, load_task, task_summary
@@ -145,8 +145,8 @@ def generate(cfg: DictConfig) -> ZooSummary:
         "device": device.type,
         # The fused kernel and the torch path agree to float rounding, not bit for bit.
         "trainer": trainer,
-        # How data orders are drawn (weightspace.zoo.train.loop.shuffled): a zoo begun with another
-        # rule is not resumed with this one.
+        # How data orders are drawn (weightspace.zoo.train.data_order.shuffled): a zoo begun
+        # with another rule is not resumed with this one.
         "shuffle": "splitmix64-fisher-yates",
     }
     writer = ZooWriter(
@@ -280,37 +280,11 @@ def _summarize(zoo: Zoo, n_trained: int, seconds: float) -> ZooSummary:
     )
 
 
-def wandb_mode(requested: str | None) -> str:
-    """Online only when the user is logged in; offline otherwise (sync later)."""
-    if requested:
-        return requested
-    if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"]
-    netrc = Path.home() / ".netrc"
-    logged_in = bool(os.environ.get("WANDB_API_KEY")) or (
-        netrc.exists() and "api.wandb.ai" in netrc.read_text()
-    )
-    return "online" if logged_in else "offline"
-
-
 def log_zoo_card(zoo: Zoo, cfg: DictConfig, summary: ZooSummary) -> None:
     """A W&B run describing the zoo: config, member and metric tables, histograms."""
     import wandb
 
-    lcfg = cfg.logger
-    Path(lcfg.dir).mkdir(parents=True, exist_ok=True)
-    run = wandb.init(
-        project=lcfg.project,
-        entity=lcfg.get("entity"),
-        group=lcfg.get("group"),
-        tags=list(lcfg.get("tags") or []),
-        name=f"zoo-{cfg.zoo.name}",
-        job_type="zoo",
-        dir=lcfg.dir,
-        mode=wandb_mode(lcfg.get("mode")),
-        config=to_dict(cfg),
-    )
-    try:
+    with wandb_run(cfg.logger, f"zoo-{cfg.zoo.name}", "zoo", to_dict(cfg)) as run:
         final = final_metrics(zoo)
         run.log(
             {
@@ -328,5 +302,3 @@ def log_zoo_card(zoo: Zoo, cfg: DictConfig, summary: ZooSummary) -> None:
                 **{f"zoo/test_acc_{k}": v for k, v in summary.final_test_acc.items()},
             }
         )
-    finally:
-        run.finish()

@@ -23,9 +23,8 @@ import math
 
 import pandas as pd
 import torch
-from torch import Tensor
 
-from weightspace.nets.spec import MLPSpec
+from weightspace.nets.spec import MLPSpec, Params, bias_name, weight_name
 
 INIT_SCHEMES = ("normal", "uniform", "xavier", "kaiming", "orthogonal", "constant")
 BIAS_INITS = ("zeros", "normal", "uniform", "constant")
@@ -60,20 +59,20 @@ def _bias(kind: str, out: int, inp: int, std: float, value: float, gen: torch.Ge
     raise ValueError(f"unknown bias init {kind!r}")
 
 
-def init_member(spec: MLPSpec, hp: pd.Series | dict) -> dict[str, Tensor]:
+def init_member(spec: MLPSpec, hp: pd.Series | dict) -> Params:
     """Initial effective parameters (``weight``, ``bias``) of one member, float32 on CPU."""
     gen = torch.Generator().manual_seed(int(hp["seed"]))
     scale = float(hp["init_scale"])
     std, value = float(hp["init_std"]), float(hp["init_value"])
-    params: dict[str, Tensor] = {}
+    params: Params = {}
     for l, (o, i) in enumerate(spec.layer_shapes()):
-        params[f"layers.{l}.weight"] = _weight(hp["init"], o, i, std, value, gen) * scale
+        params[weight_name(l)] = _weight(hp["init"], o, i, std, value, gen) * scale
         if spec.bias:
-            params[f"layers.{l}.bias"] = _bias(hp["bias_init"], o, i, std, value, gen) * scale
+            params[bias_name(l)] = _bias(hp["bias_init"], o, i, std, value, gen) * scale
     return params
 
 
-def init_population(spec: MLPSpec, members: pd.DataFrame) -> dict[str, Tensor]:
+def init_population(spec: MLPSpec, members: pd.DataFrame) -> Params:
     """Stacked *trainable* parameters of the members, in ``spec.param_shapes(trainable=True)``.
 
     Under weight normalization, v starts as the initial weight and g as its row norms, so the
@@ -83,11 +82,11 @@ def init_population(spec: MLPSpec, members: pd.DataFrame) -> dict[str, Tensor]:
     stacked = {k: torch.stack([p[k] for p in per_member]) for k in per_member[0]}
     if not spec.weight_norm:
         return stacked
-    out: dict[str, Tensor] = {}
+    out: Params = {}
     for l in range(spec.n_layers):
-        w = stacked[f"layers.{l}.weight"]
-        out[f"layers.{l}.weight_g"] = torch.linalg.vector_norm(w, dim=-1)
-        out[f"layers.{l}.weight_v"] = w
+        w = stacked[weight_name(l)]
+        out[weight_name(l, "g")] = torch.linalg.vector_norm(w, dim=-1)
+        out[weight_name(l, "v")] = w
         if spec.bias:
-            out[f"layers.{l}.bias"] = stacked[f"layers.{l}.bias"]
+            out[bias_name(l)] = stacked[bias_name(l)]
     return out

@@ -11,14 +11,14 @@ Layout (``docs/zoo-format.md`` is the full description)::
       shards/shard-00000.parquet      that shard's metric rows (kept for resuming)
       shards/shard-00000.json         written last: the shard is complete, with its checksums
 
-No pickle anywhere. Every file is written to a temporary name and renamed into place, so a
-killed run leaves complete files or none; ``manifest.json`` is written last of all, and a
-folder without it is an unfinished zoo that the same command resumes.
+No pickle anywhere. Every file is written to a temporary name and renamed into place
+(:mod:`weightspace.zoo.files`), so a killed run leaves complete files or none;
+``manifest.json`` is written last of all, and a folder without it is an unfinished zoo that
+the same command resumes.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -32,69 +32,20 @@ import numpy as np
 import pandas as pd
 import torch
 from safetensors import safe_open
-from safetensors.torch import save
 
 from weightspace import __version__
 from weightspace.errors import ZooError
 from weightspace.nets.forward import MLP
-from weightspace.nets.spec import MLPSpec
+from weightspace.nets.spec import MLPSpec, Params
+from weightspace.zoo.files import (
+    atomic_write_bytes,
+    atomic_write_parquet,
+    save_safetensors,
+    sha256_file,
+)
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
-
-
-# --------------------------------------------------------------------------- atomic writes
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_parquet(path: Path, df: pd.DataFrame) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        df.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def save_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
-    """``safetensors.torch.save`` with a reproducible header.
-
-    safetensors keeps the metadata in a hash map, so its key order (and with it the file's
-    bytes) changes from call to call; here the metadata keys are sorted.
-    """
-    data = save(tensors, metadata=metadata)
-    n = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8 : 8 + n])
-    meta = header.pop("__metadata__", None)
-    ordered = {"__metadata__": dict(sorted(meta.items()))} if meta else {}
-    ordered.update(header)  # tensor entries keep the order safetensors wrote them in
-    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
-    if len(text) > n:  # cannot happen for the same keys and values; keep the original
-        return data
-    return data[:8] + text.ljust(n) + data[8 + n :]  # same length: padded with spaces
 
 
 def shard_name(index: int) -> str:
@@ -174,10 +125,10 @@ class ZooWriter:
         index: int,
         member_ids: Sequence[int],
         epochs: Sequence[int],
-        weights: dict[str, torch.Tensor],
+        weights: Params,
         metrics: pd.DataFrame,
         diverged_epoch: np.ndarray,
-        extra: dict[str, dict[str, torch.Tensor]] | None = None,
+        extra: dict[str, Params] | None = None,
     ) -> None:
         """Write one shard's files, then its record (which marks the shard done).
 
@@ -400,7 +351,7 @@ class Zoo:
 
     def weights(
         self, epoch: int, members: Iterable[int] | None = None, trainable: bool = False
-    ) -> dict[str, torch.Tensor]:
+    ) -> Params:
         """Stacked parameters of ``members`` (default: all) at checkpoint ``epoch``.
 
         Returns ``{name: (len(members), ...)}`` with effective ``weight``/``bias`` names, plus
@@ -442,7 +393,7 @@ class Zoo:
         spec = self.spec
         return {**spec.param_shapes(trainable=True), **spec.param_shapes()}[name]
 
-    def state_dict(self, member: int, epoch: int) -> dict[str, torch.Tensor]:
+    def state_dict(self, member: int, epoch: int) -> Params:
         """One member's ``state_dict`` (``weight``/``bias`` names) at ``epoch``."""
         return {k: v[0] for k, v in self.weights(epoch, [member]).items()}
 

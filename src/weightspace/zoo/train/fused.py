@@ -16,7 +16,7 @@ the source, the compiler and the CPU's features (``$WEIGHTSPACE_CACHE`` or
 It covers what :class:`weightspace.zoo.train.hand.HandBackprop` covers (every activation, with or
 without biases, classification and regression, SGD with momentum and Adam) on CPU; weight
 normalization and GPUs use the torch path. Its numbers match the torch path's to float
-rounding (``tests/test_fused.py``), not bit for bit: a zoo records which trainer made it.
+rounding (``tests/nets/test_parity.py``), not bit for bit: a zoo records which trainer made it.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from weightspace.nets.spec import MLPSpec
+from weightspace.nets.spec import MLPSpec, Params, bias_name, weight_name
 
 SOURCE = Path(__file__).with_name("csrc") / "fused_mlp.cpp"
 FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp-simd", "-std=c++17"]
@@ -127,7 +127,7 @@ def library() -> ctypes.CDLL:
 def shuffle(base: Tensor, seeds: Tensor, epoch: int) -> Tensor:
     """The kernel's data order: rows of ``base`` (M or 1, n) shuffled per member's seed (M,).
 
-    The same numbers as :func:`weightspace.zoo.train.loop.shuffled`, the reference.
+    The same numbers as :func:`weightspace.zoo.train.data_order.shuffled`, the reference.
     """
     base, seeds = _contiguous(base, torch.int64), _contiguous(seeds, torch.int64)
     m, n = len(seeds), base.shape[1]
@@ -181,20 +181,20 @@ class FusedLayout:
         flat = torch.zeros(m, self.size, dtype=torch.float32)
         for l, (i, o, op, w, b) in enumerate(self.layers):
             dst = flat[:, w : w + i * op].view(m, i, op)
-            dst[..., :o] = params[f"layers.{l}.weight"].detach().float().cpu().transpose(1, 2)
+            dst[..., :o] = params[weight_name(l)].detach().float().cpu().transpose(1, 2)
             if b >= 0:
-                flat[:, b : b + o] = params[f"layers.{l}.bias"].detach().float().cpu()
+                flat[:, b : b + o] = params[bias_name(l)].detach().float().cpu()
         return flat
 
-    def unpack(self, flat: Tensor) -> dict[str, Tensor]:
+    def unpack(self, flat: Tensor) -> Params:
         """Stacked ``state_dict`` tensors (copies) from (M, P)."""
         m = flat.shape[0]
-        out: dict[str, Tensor] = {}
+        out: Params = {}
         for l, (i, o, op, w, b) in enumerate(self.layers):
             wt = flat[:, w : w + i * op].view(m, i, op)[..., :o]
-            out[f"layers.{l}.weight"] = wt.transpose(1, 2).contiguous()
+            out[weight_name(l)] = wt.transpose(1, 2).contiguous()
             if b >= 0:
-                out[f"layers.{l}.bias"] = flat[:, b : b + o].clone()
+                out[bias_name(l)] = flat[:, b : b + o].clone()
         return out
 
 
@@ -289,7 +289,7 @@ class FusedPopulation:
         """Mean loss and accuracy (NaN for regression) of ``members`` on (x, y): two (m,).
 
         y: class indices (N,) or regression targets (N, out). The numbers of
-        :func:`weightspace.zoo.train.loop.evaluate` to float rounding. Thread-safe as :meth:`epoch`.
+        :func:`weightspace.nets.metrics.evaluate` to float rounding. Thread-safe as :meth:`epoch`.
         """
         x = _contiguous(x, torch.float32)
         classification = y.dtype == torch.int64
@@ -310,7 +310,7 @@ class FusedPopulation:
             raise IndexError("y: a class index outside the model's outputs")
         return loss.float(), acc.float()
 
-    def tensors(self) -> dict[str, Tensor]:
+    def tensors(self) -> Params:
         """Current parameters as stacked ``state_dict`` tensors (copies)."""
         return self.layout.unpack(self.params)
 

@@ -26,7 +26,7 @@ written out:
 :data:`weightspace.nets.spec.ACTIVATIONS`, with or without biases, classification or regression);
 :class:`AutogradBackprop` computes the same thing with autograd through
 :func:`weightspace.nets.forward.forward` and serves every other case (weight normalization).
-Both have the same interface, and ``tests/test_fastmlp.py`` checks that they agree.
+Both have the same interface, and ``tests/nets/test_parity.py`` checks that they agree.
 """
 
 from __future__ import annotations
@@ -39,12 +39,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from weightspace.nets.forward import forward
-from weightspace.nets.spec import MLPSpec
+from weightspace.nets.metrics import LEAKY_SLOPE, activation_
+from weightspace.nets.spec import MLPSpec, Params, bias_name, weight_name
 
 aten = torch.ops.aten
 
 HAND_ACTIVATIONS = ("relu", "tanh", "gelu", "sigmoid", "leaky_relu", "identity")
-LEAKY_SLOPE = 0.01  # F.leaky_relu's default, as weightspace.nets.forward uses
+FOLDED = "layers.0"  # the segment of the first layer's weight with its bias folded in
 
 
 # --------------------------------------------------------------------------- layout
@@ -74,11 +75,11 @@ class FlatLayout:
             last = spec.n_layers - 1
             for l, (o, i) in enumerate(spec.layer_shapes()):
                 if l == 0 and spec.bias:
-                    self.shapes["layers.0"] = (i + 1, o) if l < last else (o, i + 1)
+                    self.shapes[FOLDED] = (i + 1, o) if l < last else (o, i + 1)
                     continue
-                self.shapes[f"layers.{l}.weight"] = (i, o) if l < last else (o, i)
+                self.shapes[weight_name(l)] = (i, o) if l < last else (o, i)
                 if spec.bias:
-                    self.shapes[f"layers.{l}.bias"] = (o,)
+                    self.shapes[bias_name(l)] = (o,)
         else:
             self.shapes = dict(spec.param_shapes(trainable=True))
         self.size = sum(math.prod(s) for s in self.shapes.values())  # P
@@ -87,7 +88,7 @@ class FlatLayout:
     def new(self, device=None) -> Tensor:
         return torch.zeros(self.n_members * self.size, dtype=torch.float32, device=device)
 
-    def segments(self, flat: Tensor, block: int) -> dict[str, Tensor]:
+    def segments(self, flat: Tensor, block: int) -> Params:
         """The segments of one block: name -> (c, *shape) contiguous views of ``flat``."""
         r = self.blocks[block]
         c = r.stop - r.start
@@ -98,24 +99,24 @@ class FlatLayout:
             off += n
         return out
 
-    def tensors(self, segments: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    def tensors(self, segments: Mapping[str, Tensor]) -> Params:
         """The trainable tensors of a block in ``state_dict`` layout: views, (c, *shape)."""
         if not self.fold:
             return dict(segments)
-        out: dict[str, Tensor] = {}
+        out: Params = {}
         last = self.spec.n_layers - 1
         for l, (_, i) in enumerate(self.spec.layer_shapes()):
             if l == 0 and self.spec.bias:
-                seg = segments["layers.0"]
+                seg = segments[FOLDED]
                 if l < last:  # (c, in + 1, out)
-                    out["layers.0.weight"], out["layers.0.bias"] = seg[:, :i].mT, seg[:, i]
+                    out[weight_name(0)], out[bias_name(0)] = seg[:, :i].mT, seg[:, i]
                 else:  # (c, out, in + 1)
-                    out["layers.0.weight"], out["layers.0.bias"] = seg[..., :i], seg[..., i]
+                    out[weight_name(0)], out[bias_name(0)] = seg[..., :i], seg[..., i]
                 continue
-            w = segments[f"layers.{l}.weight"]
-            out[f"layers.{l}.weight"] = w.mT if l < last else w
+            w = segments[weight_name(l)]
+            out[weight_name(l)] = w.mT if l < last else w
             if self.spec.bias:
-                out[f"layers.{l}.bias"] = segments[f"layers.{l}.bias"]
+                out[bias_name(l)] = segments[bias_name(l)]
         return out
 
     def pack(self, params: Mapping[str, Tensor], flat: Tensor) -> Tensor:
@@ -125,7 +126,7 @@ class FlatLayout:
                 t.copy_(params[k][r])
         return flat
 
-    def unpack(self, flat: Tensor) -> dict[str, Tensor]:
+    def unpack(self, flat: Tensor) -> Params:
         """New contiguous tensors in ``state_dict`` layout: name -> (M, *shape)."""
         parts = [self.tensors(self.segments(flat, j)) for j in range(len(self.blocks))]
         return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
@@ -186,27 +187,13 @@ class HandBackprop:
         out = []
         for l in range(self.spec.n_layers):
             if l == 0 and self.spec.bias:
-                out.append((segments["layers.0"], None))
+                out.append((segments[FOLDED], None))
                 continue
-            b = segments.get(f"layers.{l}.bias")
+            b = segments.get(bias_name(l))
             if b is not None:
                 b = b.unsqueeze(1) if l < last else b.unsqueeze(2)
-            out.append((segments[f"layers.{l}.weight"], b))
+            out.append((segments[weight_name(l)], b))
         return out
-
-    def _act(self, a: Tensor, h: Tensor) -> None:
-        act = self.act
-        if act == "relu":
-            torch.clamp_min(a, 0.0, out=h)
-        elif act == "tanh":
-            torch.tanh(a, out=h)
-        elif act == "sigmoid":
-            torch.sigmoid(a, out=h)
-        elif act == "gelu":
-            torch._C._nn.gelu(a, out=h)
-        elif act == "leaky_relu":
-            torch._C._nn.leaky_relu(a, LEAKY_SLOPE, out=h)
-        # identity: h is a
 
     def _act_backward(self, dh: Tensor, a: Tensor, h: Tensor) -> None:
         """Gradient wrt the pre-activation, written over dh (the same as autograd's)."""
@@ -251,7 +238,7 @@ class HandBackprop:
                 torch.bmm(ins[-1], w, out=buf.a[l])  # (c, B, out)
             else:
                 torch.baddbmm(bias, ins[-1], w, out=buf.a[l])
-            self._act(buf.a[l], buf.h[l])
+            activation_(self.act, buf.a[l], buf.h[l])  # identity: h is a
             ins.append(buf.h[l])
         w, bias = params[-1]
         if bias is None:
@@ -289,67 +276,6 @@ class HandBackprop:
         return loss
 
 
-# --------------------------------------------------------------------------- evaluation
-def activation_(name: str, a: Tensor, out: Tensor | None = None) -> Tensor:
-    """The activation of ``a``, in place (into ``out`` if given; gelu needs one)."""
-    out = a if out is None else out
-    if name == "relu":
-        return torch.clamp_min(a, 0.0, out=out)
-    if name == "tanh":
-        return torch.tanh(a, out=out)
-    if name == "sigmoid":
-        return torch.sigmoid(a, out=out)
-    if name == "gelu":
-        return torch._C._nn.gelu(a, out=out)
-    if name == "leaky_relu":
-        return torch._C._nn.leaky_relu(a, LEAKY_SLOPE, out=out)
-    return out.copy_(a) if out is not a else a  # identity
-
-
-def forward_classes_first(
-    params: Mapping[str, Tensor],
-    x: Tensor,
-    spec: MLPSpec,
-    buffers: dict[tuple[int, int], Tensor] | None = None,
-) -> Tensor:
-    """:func:`weightspace.nets.forward.forward` of effective parameters, output as (M, out, B).
-
-    x: (B, in) shared by all members. Every product is a batched one per member (a shared
-    input is an expanded view), so no intermediate is a transposed view of another: an
-    elementwise pass over a transposed view is many times slower than over memory order.
-    ``buffers`` (a dict kept by the caller) holds the intermediates across calls; fresh
-    large tensors are page-faulted in at every call. The result lives in it too.
-    """
-    m, n = params["layers.0.weight"].shape[0], x.shape[0]
-    buffers = {} if buffers is None else buffers
-
-    def buf(l: int, *shape: int) -> Tensor:
-        t = buffers.get((l, n))
-        if t is None:
-            t = buffers[(l, n)] = x.new_empty(m, *shape)
-        return t
-
-    h = x.expand(m, *x.shape)  # (M, B, in)
-    last = spec.n_layers - 1
-    for l in range(spec.n_layers):
-        w, b = params[f"layers.{l}.weight"], params.get(f"layers.{l}.bias")
-        if l < last:
-            a = buf(l, n, w.shape[1])
-            if b is None:
-                torch.bmm(h, w.mT, out=a)
-            else:
-                torch.baddbmm(b.unsqueeze(1), h, w.mT, out=a)
-            gelu = spec.activation == "gelu"
-            h = activation_(spec.activation, a, buf(-1 - l, n, w.shape[1]) if gelu else None)
-        else:
-            z = buf(l, w.shape[1], n)
-            if b is None:
-                h = torch.bmm(w, h.mT, out=z)
-            else:
-                h = torch.baddbmm(b.unsqueeze(2), w, h.mT, out=z)
-    return h
-
-
 # --------------------------------------------------------------------------- autograd
 class AutogradBackprop:
     """The same interface as :class:`HandBackprop`, by autograd through ``mlp.forward``.
@@ -366,13 +292,13 @@ class AutogradBackprop:
     def inputs(spec: MLPSpec, x: Tensor) -> Tensor:
         return x
 
-    def layers(self, segments: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    def layers(self, segments: Mapping[str, Tensor]) -> Params:
         return dict(segments)
 
     def __call__(
         self,
-        params: dict[str, Tensor],
-        grads: dict[str, Tensor],
+        params: Params,
+        grads: Params,
         x: Tensor,
         target: Tensor,
         beta=0.0,

@@ -1,12 +1,13 @@
-"""Section 5, the latent space of an autoencoder run: maps, trajectories, the probe table.
+"""Question 5, the latent space of an autoencoder run (``autoencoder=RUN``): maps,
+trajectories, the probe table.
 
 :func:`latent_measures` projects the latents of every (member, checkpoint) of the run's zoo
-(:func:`weightspace.latents.encode_zoo`) to two dimensions — PCA always, UMAP when
+(:func:`weightspace.autoencoder.run.encode_zoo`) to two dimensions — PCA always, UMAP when
 ``umap-learn`` is importable — picks a readable subset of members for trajectories, and
 measures what the text says: how the map's axes follow test accuracy, epoch and learning
 rate, how much the init schemes separate, how far training moves a network in the latent
-space. :func:`fig_latent_map` and :func:`fig_latent_trajectories` draw it;
-:func:`section_latent` writes the section.
+space. :func:`measure` does that for the section (and reads the run's evaluation),
+:mod:`.latent_figures` draws it, :func:`write` writes the section.
 """
 
 from __future__ import annotations
@@ -18,32 +19,26 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import matplotlib as mpl
-import matplotlib.ticker as mticker
 import numpy as np
 import pandas as pd
-from matplotlib.colors import BoundaryNorm, LogNorm, Normalize
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 from scipy.stats import spearmanr
 
-from weightspace.analysis.figures import _legend, _lists, _style
+from weightspace.analysis.latent_figures import fig_latent_map, fig_latent_trajectories
+from weightspace.analysis.question import Inputs, Question, num
 from weightspace.analysis.report import Figure as ReportFigure
 from weightspace.analysis.report import Section, Table
+from weightspace.autoencoder.run import EVALUATION_DIR, Latents, Run, encode_zoo
 from weightspace.errors import ConfigError
-from weightspace.latents import Latents, Run, encode_zoo
+from weightspace.evaluation.results import EvalResults
 
 log = logging.getLogger(__name__)
 
-SPLIT_MARKERS = {"train": "o", "val": "s", "test": "^", "unused": "x"}
-# (column, panel title, colour-bar / legend label)
-COLOR_BY = (
-    ("test_acc", "Test accuracy", "test accuracy (%)"),
-    ("epoch", "Checkpoint epoch", "epoch"),
-    ("init", "Init scheme", "init scheme"),
-    ("lr", "Learning rate", "learning rate (log scale)"),
+QUESTION = Question(
+    "latent",
+    "5. Latent space",
+    "What does the autoencoder's latent space arrange the zoo by, and how does a network move "
+    "through it as it trains?",
 )
-MAX_CATEGORIES = 10  # more distinct values than this: a colour bar instead of a legend
 
 
 # --------------------------------------------------------------------------- measures
@@ -209,296 +204,17 @@ def latent_measures(
     }
 
 
-# --------------------------------------------------------------------------- figures
-def _size(n: int) -> float:
-    return float(np.clip(3000 / max(n, 1), 3, 30))
-
-
-def _axis_labels(ax, kind: str, m: Mapping[str, Any]) -> None:
-    if kind == "pca":
-        r = m["pca_variance_ratio"]
-        ax.set_xlabel(f"PC 1 ({100 * r[0]:.0f}% of latent variance)")
-        ax.set_ylabel(f"PC 2 ({100 * r[1]:.0f}%)")
-    else:
-        ax.set_xlabel("UMAP 1")
-        ax.set_ylabel("UMAP 2")
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float | np.floating):
-        return f"{float(v):.3g}"
-    return str(v)
-
-
-def _colour_panel(fig, ax, xy, items: pd.DataFrame, col: str, label: str, order, size) -> dict:
-    """One panel of the map, coloured by ``col``; returns how it was coloured."""
-    splits = items["split"].to_numpy()
-    if col not in items or items[col].nunique(dropna=True) <= 1:
-        value = "–" if col not in items else _fmt(items[col].iloc[0])
-        for sp, mk in SPLIT_MARKERS.items():
-            sel = order[splits[order] == sp]
-            if len(sel):
-                ax.scatter(*xy[sel].T, s=size, marker=mk, color="#777777", alpha=0.6, lw=0)
-        ax.text(0.02, 0.98, f"all members: {value}", transform=ax.transAxes, va="top", fontsize=8)
-        return {"kind": "constant", "value": value}
-    values = items[col]
-    numeric = pd.api.types.is_numeric_dtype(values)
-    cats = sorted(values.unique(), key=lambda v: float(v) if numeric else str(v))
-    if not numeric or (len(cats) <= MAX_CATEGORIES and col != "test_acc"):
-        # categories: a legend beside the panel
-        cmap = mpl.colormaps["viridis" if numeric else "tab10"]
-        colors = {
-            c: cmap(0.9 * i / max(1, len(cats) - 1)) if numeric else cmap(i % 10)
-            for i, c in enumerate(cats)
-        }
-        code = values.map({c: i for i, c in enumerate(cats)}).to_numpy()
-        rgba = np.array([colors[c] for c in cats])[code]
-        for sp, mk in SPLIT_MARKERS.items():
-            sel = order[splits[order] == sp]
-            if len(sel):
-                ax.scatter(*xy[sel].T, s=size, marker=mk, c=rgba[sel], alpha=0.75, lw=0)
-        handles = [
-            Line2D([], [], ls="", marker="o", ms=6, color=colors[c], label=_fmt(c)) for c in cats
-        ]
-        ax.legend(
-            handles=handles,
-            title=label,
-            loc="center left",
-            bbox_to_anchor=(1.02, 0.5),
-            frameon=False,
-            handletextpad=0.2,
-        )
-        return {"kind": "categories", "categories": [_fmt(c) for c in cats]}
-    v = values.to_numpy(float)
-    log_scale = False
-    if col == "test_acc":
-        v = 100 * v
-        norm = Normalize(np.nanmin(v), np.nanmax(v))
-    elif col == "lr" and np.nanmin(v) > 0:
-        norm = LogNorm(np.nanmin(v), np.nanmax(v))
-        log_scale = True
-    else:
-        norm = Normalize(np.nanmin(v), np.nanmax(v))
-    if col == "epoch":
-        bounds = np.unique(v)
-        norm = BoundaryNorm(np.r_[bounds, bounds[-1] + 1] - 0.5, 256)
-    sc = None
-    for sp, mk in SPLIT_MARKERS.items():
-        sel = order[splits[order] == sp]
-        if len(sel):
-            sc = ax.scatter(
-                *xy[sel].T, s=size, marker=mk, c=v[sel], cmap="viridis", norm=norm, alpha=0.75, lw=0
-            )
-    cb = fig.colorbar(sc, ax=ax, label=label, shrink=0.9)
-    if log_scale:
-        cb.ax.yaxis.set_major_locator(mticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-        cb.ax.yaxis.set_major_formatter(mticker.FuncFormatter(lambda x, _: f"{x:g}"))
-        cb.ax.yaxis.set_minor_formatter(mticker.NullFormatter())
-    return {"kind": "colorbar", "min": float(np.nanmin(v)), "max": float(np.nanmax(v))}
-
-
-def _limits(ax, xy: np.ndarray) -> int:
-    """Frame the bulk of the points (0.2-99.8th percentile per axis, padded) so a few
-    outliers do not squash the map; returns how many points fall outside, and says so."""
-    if len(xy) < 50:
-        return 0
-    lo, hi = np.quantile(xy, [0.002, 0.998], axis=0)
-    pad = 0.06 * (hi - lo)
-    lo, hi = lo - pad, hi + pad
-    ax.set_xlim(lo[0], hi[0])
-    ax.set_ylim(lo[1], hi[1])
-    out = int((((xy < lo) | (xy > hi)).any(axis=1)).sum())
-    if out:
-        ax.text(
-            0.98,
-            0.98,
-            f"{out} point{'s' * (out > 1)} outside the frame",
-            transform=ax.transAxes,
-            ha="right",
-            va="top",
-            fontsize=7,
-            color="#666666",
-        )
-    return out
-
-
-def fig_latent_map(m: Mapping[str, Any], kind: str = "pca", seed: int = 0) -> tuple[Figure, dict]:
-    """The 2-D map (``kind``: pca or umap) of every (member, checkpoint) latent, one panel per
-    colouring (test accuracy, epoch, init scheme, learning rate); marker: the member's split.
-    Each panel is a subfigure, so its colour bar or legend sits next to it."""
-    items: pd.DataFrame = m["items"]
-    xy = m["maps"][kind]
-    n = len(items)
-    order = np.random.default_rng(seed).permutation(n)  # no colour drawn on top of all others
-    size = _size(n)
-    panels = {}
-    with _style():
-        fig = Figure(figsize=(9.6, 7.6), layout="constrained")
-        subs = fig.subfigures(2, 2, wspace=0.03, hspace=0.03).ravel()
-        outside = 0
-        for sub, (col, title, label) in zip(subs, COLOR_BY):
-            ax = sub.subplots()
-            panels[col] = _colour_panel(sub, ax, xy, items, col, label, order, size)
-            ax.set_title(title)
-            _axis_labels(ax, kind, m)
-            outside = _limits(ax, xy)
-        name = "PCA" if kind == "pca" else "UMAP"
-        fig.suptitle(
-            f"Latent space ({name} of the {m['latent_dim']}-d latents): {n} checkpoints of "
-            f"{m['n_members']} members"
-        )
-        present = [sp for sp in SPLIT_MARKERS if (items["split"] == sp).any()]
-        handles = [
-            Line2D([], [], ls="", marker=SPLIT_MARKERS[sp], ms=6, color="#555555", label=sp)
-            for sp in present
-        ]
-        _legend(fig, handles, title="marker: the member's split in the autoencoder run")
-    data = {
-        "kind": kind,
-        "panels": panels,
-        "points_outside_frame": outside,
-        "points": _points(items, xy),
-    }
-    if kind == "pca":
-        data["variance_ratio"] = m["pca_variance_ratio"]
-        # The numbers the section's text quotes.
-        data["measures"] = {
-            k: m[k]
-            for k in (
-                "epochs",
-                "spearman",
-                "spearman_last_epoch",
-                "eta2",
-                "eta2_init_latent",
-                "moved_median",
-                "spread_median",
-            )
-        }
-    return fig, data
-
-
-def _points(items: pd.DataFrame, xy: np.ndarray) -> dict[str, list]:
-    """One entry per (member, checkpoint), column-wise: the map's coordinates and what the
-    panels colour by."""
-    out: dict[str, list] = {
-        "member_id": items["member_id"].astype(int).tolist(),
-        "epoch": items["epoch"].astype(int).tolist(),
-        "split": items["split"].astype(str).tolist(),
-        "x": np.round(xy[:, 0], 5).tolist(),
-        "y": np.round(xy[:, 1], 5).tolist(),
-    }
-    for col in ("test_acc", "lr", "init"):
-        if col in items:
-            v = items[col]
-            out[col] = v.astype(str).tolist() if col == "init" else _lists(v.to_numpy(float))
-    return out
-
-
-def fig_latent_trajectories(m: Mapping[str, Any], kind: str = "pca") -> tuple[Figure, dict]:
-    """Left: chosen members' checkpoints joined in epoch order on the map (grey: all
-    checkpoints), one colour per member. Right: distance of each checkpoint's latent from its
-    member's epoch-0 latent, per init scheme (median and interquartile band), in the full
-    latent space."""
-    items: pd.DataFrame = m["items"]
-    xy = m["maps"][kind]
-    trajs = m["trajectories"]
-    epochs = m["epochs"]
-    with _style():
-        fig = Figure(figsize=(10.0, 4.9), layout="constrained")
-        ax, ax2 = fig.subplots(1, 2, width_ratios=[1.2, 1])
-        ax.scatter(*xy.T, s=_size(len(items)) * 0.6, color="#d4d4d4", lw=0, zorder=1)
-        cmap = mpl.colormaps["tab20" if len(trajs) > 10 else "tab10"]
-        out, handles = [], []
-        for i, t in enumerate(trajs):
-            p = xy[t["rows"]]
-            color = cmap(i % cmap.N)
-            ax.plot(*p.T, color=color, lw=1.2, alpha=0.95, zorder=2)
-            ax.scatter(*p[1:-1].T, s=8, color=color, lw=0, zorder=3)
-            if len(p) >= 2:
-                ax.annotate(
-                    "",
-                    xy=p[-1],
-                    xytext=p[-2],
-                    arrowprops={"arrowstyle": "-|>", "color": color, "lw": 1.2},
-                    zorder=3,
-                )
-            ax.scatter(*p[0], s=24, facecolor="white", edgecolor=color, lw=1.3, zorder=4)
-            ax.scatter(*p[-1], s=24, color=color, lw=0, zorder=4)
-            lr = t.get("lr")
-            acc_last = t["test_acc"][-1]
-            label = (
-                str(t["member_id"])
-                + (f": {100 * acc_last:.0f}%" if np.isfinite(acc_last) else "")
-                + (f", lr {lr:.2g}" if lr is not None and np.isfinite(lr) else "")
-            )
-            handles.append(Line2D([], [], color=color, lw=2, label=label))
-            out.append(
-                {
-                    **{k: v for k, v in t.items() if k != "rows"},
-                    "x": np.round(p[:, 0], 5).tolist(),
-                    "y": np.round(p[:, 1], 5).tolist(),
-                }
-            )
-        _limits(ax, xy)
-        ax.set_title(f"{len(trajs)} members, epoch {epochs[0]} (○) → {epochs[-1]} (●)")
-        _axis_labels(ax, kind, m)
-        ax.legend(
-            handles=handles,
-            title=f"member: test acc. at epoch {epochs[-1]}",
-            loc="upper left",
-            bbox_to_anchor=(1.01, 1.0),
-            frameon=False,
-            fontsize=7,
-            handlelength=1.2,
-        )
-
-        disp = m["displacement"]
-        for i, (g, q) in enumerate(disp.items()):
-            c = f"C{i}"
-            ax2.plot(epochs, q["median"], marker="o", ms=3.5, lw=1.6, color=c, label=g)
-            ax2.fill_between(epochs, q["q25"], q["q75"], color=c, alpha=0.18, lw=0)
-        if len(epochs) > 1 and epochs[1] - epochs[0] <= 1 and epochs[-1] > 10:
-            ax2.set_xscale("symlog", linthresh=1)
-            ax2.set_xlabel("epoch (symlog scale)")
-        else:
-            ax2.set_xlabel("epoch")
-        ax2.set_xticks(epochs)
-        ax2.set_xticklabels([str(e) for e in epochs])
-        ax2.set_ylabel(f"‖z(epoch) − z(epoch {epochs[0]})‖ (latent units)")
-        ax2.set_title("Distance travelled in the latent space")
-        ax2.legend(
-            handles=[
-                Line2D([], [], color=f"C{i}", lw=2, label=f"{g} (n={q['n_members']})")
-                for i, (g, q) in enumerate(disp.items())
-            ],
-            title="init scheme",
-            loc="upper left",
-            frameon=False,
-        )
-    return fig, {"kind": kind, "epochs": epochs, "trajectories": out, "displacement": disp}
-
-
-# --------------------------------------------------------------------------- section
-QUESTION = (
-    "5. Latent space",
-    "What does the autoencoder's latent space arrange the zoo by, and how does a network move "
-    "through it as it trains?",
-)
-
-
-def _g(x: float, digits: int = 2) -> str:
-    return "–" if x is None or not np.isfinite(x) else f"{x:.{digits}g}"
-
-
+# --------------------------------------------------------------------------- the section
 def _strongest(rhos: list[float]) -> tuple[int, float]:
     a = np.abs(np.nan_to_num(np.asarray(rhos, dtype=float)))
     k = int(np.argmax(a))
     return k, float(rhos[k])
 
 
-def section_latent(run: Run, opts: Mapping[str, Any], zoo_root=None, seed: int = 0) -> Section:
-    """Section 5 for an autoencoder run (already loaded: :func:`weightspace.latents.load_run`)."""
-    s = Section(key="latent", title=QUESTION[0], question=QUESTION[1])
+def measure(run: Run, opts: Mapping[str, Any], zoo_root=None, seed: int = 0) -> dict[str, Any]:
+    """Everything section 5 shows and says: :func:`latent_measures` of the run's latents
+    (``m``), how many members each split holds, the run's evaluation (None without one)
+    and the notes, in the order the section shows them."""
     epochs = opts.get("epochs")
     lat = encode_zoo(run, epochs=list(epochs) if isinstance(epochs, list | tuple) else epochs)
     log.info("latent: %d checkpoints of %d members", len(lat), lat.items.member_id.nunique())
@@ -507,23 +223,51 @@ def section_latent(run: Run, opts: Mapping[str, Any], zoo_root=None, seed: int =
     m = latent_measures(
         lat, seed=seed, n_trajectories=int(opts.get("n_trajectories", 12)), use_umap=use_umap
     )
-    s.notes += m["notes"]
+    notes = list(m["notes"])
     if zoo_root is not None and Path(zoo_root).resolve() not in (
         run.zoo.resolve(),
         run.parent_zoo.resolve(),
     ):
-        s.notes.append(
+        notes.append(
             f"The latents are of the run's own zoo {run.zoo}, not of zoo={zoo_root}: an "
             "autoencoder encodes the zoo its normalization and splits were made for."
         )
     if run.zoo != run.parent_zoo:
-        s.notes.append(
+        notes.append(
             f"canon={run.canon}: the run read the derived zoo {run.zoo.name} (the members of "
             f"{run.parent_zoo.name} in one symmetry frame, same member ids and metrics); its "
             "checkpoints are encoded as the run saw them."
         )
+    folder = run.path / EVALUATION_DIR
+    evaluation = EvalResults.load(folder) if EvalResults.is_saved(folder) else None
+    if evaluation is None:
+        notes.append(
+            "The run has no evaluation/ folder (trained with evaluate=false): no probe table."
+        )
+    return {
+        "m": m,
+        "seed": seed,
+        "split_counts": lat.items.drop_duplicates("member_id")["split"].value_counts(),
+        "n_init": lat.items["init"].nunique() if "init" in lat.items else 0,
+        # The run's evaluation: its probe table (cells as strings), the reconstruction table
+        # (column ``model`` first) and how many test members it held out.
+        "probe_table": None if evaluation is None else evaluation.probe_summary(),
+        "reconstruction": None
+        if evaluation is None
+        else evaluation.reconstruction.rename_axis("model").reset_index(),
+        "n_test": None if evaluation is None else evaluation.info.get("n_members/test"),
+        "notes": notes,
+    }
+
+
+def write(r: Mapping[str, Any]) -> Section:
+    """Section 5 from :func:`measure`: maps, trajectories, text and the run's probe and
+    reconstruction tables."""
+    s = QUESTION.section()
+    s.notes += r["notes"]
+    m, seed = r["m"], r["seed"]
     n, n_m = m["n_points"], m["n_members"]
-    counts = lat.items.drop_duplicates("member_id")["split"].value_counts()
+    counts = r["split_counts"]
     split_text = ", ".join(f"{counts.get(k, 0)} {k}" for k in ("train", "val", "test"))
     s.figures.append(
         ReportFigure(
@@ -560,7 +304,6 @@ def section_latent(run: Run, opts: Mapping[str, Any], zoo_root=None, seed: int =
             *fig_latent_trajectories(m, "pca"),
         )
     )
-
     # ---- the text, from the numbers
     ratio = m["pca_variance_ratio"]
     rho = m["spearman"]
@@ -571,7 +314,7 @@ def section_latent(run: Run, opts: Mapping[str, Any], zoo_root=None, seed: int =
     r_last = m["spearman_last_epoch"]["test_acc"][k_acc]
     within = (
         f" Among the networks of the last checkpoint alone (epoch {m['epochs'][-1]}), PC "
-        f"{k_acc + 1} still follows test accuracy with ρ = {_g(r_last)}"
+        f"{k_acc + 1} still follows test accuracy with ρ = {num(r_last, 2)}"
         + (
             ": the map orders trained networks by quality, not only by training progress."
             if abs(r_last) >= 0.5
@@ -585,10 +328,10 @@ def section_latent(run: Run, opts: Mapping[str, Any], zoo_root=None, seed: int =
         f"The first two principal components hold {100 * (ratio[0] + ratio[1]):.0f}% of the "
         f"variance of the {m['latent_dim']}-d latents ({100 * ratio[0]:.0f}% and "
         f"{100 * ratio[1]:.0f}%). Along them, test accuracy follows PC {k_acc + 1} "
-        f"(Spearman ρ = {_g(r_acc)})"
-        + (f", the epoch PC {k_ep + 1} (ρ = {_g(r_ep)})" if len(m["epochs"]) > 1 else "")
+        f"(Spearman ρ = {num(r_acc, 2)})"
+        + (f", the epoch PC {k_ep + 1} (ρ = {num(r_ep, 2)})" if len(m["epochs"]) > 1 else "")
         + " and the "
-        f"learning rate PC {k_lr + 1} (ρ = {_g(r_lr)}, on log lr). "
+        f"learning rate PC {k_lr + 1} (ρ = {num(r_lr, 2)}, on log lr). "
         + (
             "The map orders the networks by how well they work."
             if ordered
@@ -600,7 +343,7 @@ def section_latent(run: Run, opts: Mapping[str, Any], zoo_root=None, seed: int =
     s.summary["spearman_test_acc_last_epoch"] = float(r_last)
     eta = m["eta2"]
     if "init" in eta:
-        n_init = lat.items["init"].nunique()
+        n_init = r["n_init"]
         s.paragraphs.append(
             f"The {n_init} init schemes "
             + (
@@ -628,9 +371,9 @@ def section_latent(run: Run, opts: Mapping[str, Any], zoo_root=None, seed: int =
         frac_first = moved[1] / moved[-1] if moved[-1] > 0 else float("nan")
         converge = spread[-1] < spread[0]
         s.paragraphs.append(
-            f"From epoch {e0} to {e1} a network's latent moves {_g(moved[-1], 3)} (median; "
+            f"From epoch {e0} to {e1} a network's latent moves {num(moved[-1], 3)} (median; "
             f"{100 * frac_first:.0f}% of that by epoch {m['epochs'][1]}), against a spread of "
-            f"the population of {_g(spread[0], 3)} at epoch {e0} and {_g(spread[-1], 3)} at "
+            f"the population of {num(spread[0], 3)} at epoch {e0} and {num(spread[-1], 3)} at "
             f"epoch {e1} (median distance to the centroid). "
             + (
                 "The members draw together as they train."
@@ -654,14 +397,9 @@ def section_latent(run: Run, opts: Mapping[str, Any], zoo_root=None, seed: int =
         }
     )
 
-    ev = run.evaluation()
-    if ev is None:
-        s.notes.append(
-            "The run has no evaluation/ folder (trained with evaluate=false): no probe table."
-        )
-    else:
-        info = ev.get("info", {})
-        held = info.get("n_members/test")
+    table = r["probe_table"]
+    if table is not None:
+        held = r["n_test"]
         s.tables.append(
             Table(
                 "latent_probes",
@@ -669,11 +407,11 @@ def section_latent(run: Run, opts: Mapping[str, Any], zoo_root=None, seed: int =
                 "accuracy for categories; from the run's evaluation"
                 + (f", {held} test members" if held else "")
                 + ")",
-                ev["table"],
+                table,
             )
         )
-        rec = ev.get("reconstruction")
-        if rec is not None and "model" in rec:
+        rec = r["reconstruction"]
+        if "model" in rec:
             keep = [
                 c
                 for c in ("model", "r2_mean", "orig_acc", "recon_acc", "agreement")
@@ -688,8 +426,20 @@ def section_latent(run: Run, opts: Mapping[str, Any], zoo_root=None, seed: int =
                     rec[keep],
                 )
             )
-        _probe_sentence(s, ev["table"])
+        _probe_sentence(s, table)
     return s
+
+
+def section(inp: Inputs, opts: Mapping[str, Any]) -> Section:
+    """Section 5 of the report (skipped without an autoencoder run)."""
+    if inp.run is None:
+        return QUESTION.skipped(
+            "needs an autoencoder run: autoencoder=RUN (a run folder written by "
+            "scripts/train_autoencoder.py, a run name under paths.log_dir/autoencoder, or "
+            "latest).",
+        )
+    zoo_root = inp.zoo.root if inp.zoo is not None else None
+    return write(measure(inp.run, opts, zoo_root, inp.seed))
 
 
 def _probe_sentence(s: Section, table: pd.DataFrame) -> None:

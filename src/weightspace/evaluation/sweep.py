@@ -6,7 +6,8 @@ folder per job under its sweep folder::
     <sweep>/<job>/.hydra/overrides.yaml   the job's command-line overrides
     <sweep>/<job>/config.yaml             its resolved config (optimized_metric, ...)
     <sweep>/<job>/metrics.json            final train/val/test metrics (absent: it failed)
-    <sweep>/<job>/evaluation/results.json probes, reconstruction, generation (evaluate=true)
+    <sweep>/<job>/evaluation/            probes, reconstruction, generation (evaluate=true,
+                                          read by weightspace.evaluation.results.EvalResults)
 
 :func:`summarize_sweep` gathers them into one row per job — the overrides, the final
 metrics, and the evaluation's headline numbers (``eval/recon/*`` of the autoencoder,
@@ -29,6 +30,8 @@ import pandas as pd
 import yaml
 
 from weightspace.errors import ConfigError
+from weightspace.evaluation.results import EvalResults
+from weightspace.evaluation.tables import format_frame
 
 DEFAULT_METRIC = "val/recon"
 # The evaluation numbers worth a column in the printed table, when present.
@@ -63,25 +66,33 @@ def _job_dirs(sweep: Path) -> list[Path]:
 
 
 def _evaluation(folder: Path) -> dict[str, float]:
-    """Headline numbers of ``<job>/evaluation/results.json``."""
-    path = folder / "results.json"
-    if not path.is_file():
+    """Headline numbers of the job's evaluation (:class:`EvalResults` in ``<job>/evaluation``):
+    the finite numbers only."""
+    if not EvalResults.is_saved(folder):
         return {}
-    res = json.loads(path.read_text())
+    res = EvalResults.load(folder)
     out: dict[str, float] = {}
-    for k, v in (res.get("reconstruction", {}).get("autoencoder") or {}).items():
-        if isinstance(v, int | float) and k != "epoch":
-            out[f"eval/recon/{k}"] = float(v)
-    for k, v in (res.get("generation") or {}).items():
-        if isinstance(v, int | float) and not isinstance(v, bool):
+    rec = res.reconstruction
+    if "autoencoder" in rec.index:
+        for k, v in rec.loc["autoencoder"].items():
+            if _finite(v) and k != "epoch":
+                out[f"eval/recon/{k}"] = float(v)
+    for k, v in res.generation.items():
+        if _finite(v):
             out[f"eval/gen/{k}"] = float(v)
     # The latent's linear probe, scored the way the results table scores it (R² / accuracy).
-    for row in res.get("probes") or []:
-        if row.get("representation") != "latent" or row.get("probe") not in LINEAR_PROBES:
+    columns = ("representation", "probe", "target", "metric", "value")
+    for rep, probe, target, metric, value in zip(*(res.probes[c] for c in columns)):
+        if rep != "latent" or probe not in LINEAR_PROBES:
             continue
-        if row.get("metric") in ("r2", "accuracy") and isinstance(row.get("value"), int | float):
-            out[f"eval/probe/{row['target']}"] = float(row["value"])
+        if metric in ("r2", "accuracy") and _finite(value):
+            out[f"eval/probe/{target}"] = float(value)
     return out
+
+
+def _finite(v: Any) -> bool:
+    """A number worth a column (not a bool, not NaN / inf: written as null, skipped)."""
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _job_row(job: Path) -> tuple[dict[str, Any], list[str], str | None]:
@@ -154,7 +165,7 @@ def summarize_sweep(
     md_lines = [f"sweep: {sweep} ({len(table)} jobs, sorted by {metric})"]
     if constant:
         md_lines.append("same in every job: " + " ".join(f"{k}={v}" for k, v in constant.items()))
-    md_lines += ["", _markdown(table[shown])]
+    md_lines += ["", format_frame(table[shown])]
     markdown = "\n".join(md_lines)
 
     paths = {"csv": sweep / "summary.csv", "markdown": sweep / "summary.md"}
@@ -172,18 +183,6 @@ def summarize_sweep(
         "markdown": markdown,
         "paths": paths,
     }
-
-
-def _markdown(df: pd.DataFrame) -> str:
-    def fmt(v: Any) -> str:
-        if isinstance(v, float):
-            return "" if math.isnan(v) else f"{v:.4g}"
-        return str(v)
-
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines)
 
 
 def parallel_coordinates(

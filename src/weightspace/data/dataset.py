@@ -1,4 +1,4 @@
-"""Zoos as batches: the weight dataset, per-layer normalization, splits by member, DataModule.
+"""Zoos as batches: the weight dataset (items, filters, targets, representations) and its collate.
 
 An *item* is one checkpoint of one member, ``(zoo_index, member_id, epoch)``. Each network is
 given either as a flat vector in ``state_dict`` order or as neuron tokens::
@@ -24,7 +24,8 @@ Weights stay on disk: :meth:`WeightDataset.__getitems__` reads a batch with one
 DataLoader then must not collate again: use :func:`collate_batch` (the DataModule does).
 
 Per batch, in this order: read -> ``transform`` (canonicalize / align, deterministic, on the
-stacked parameters) -> ``augment`` (random views) -> normalize -> flatten or tokenize.
+stacked parameters) -> ``augment`` (random views) -> normalize (:mod:`.normalizer`) -> flatten or
+tokenize. Splits, the sampler and the DataModule are in :mod:`.datamodule`.
 """
 
 from __future__ import annotations
@@ -32,26 +33,23 @@ from __future__ import annotations
 import copy
 import functools
 import importlib
-import math
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-import pytorch_lightning as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset
 from torch.utils.data._utils.collate import default_collate
 
+from weightspace.data.normalizer import LayerNormalizer
 from weightspace.errors import ConfigError
-from weightspace.nets.layout import flatten_params, params_to_tokens, token_dim, token_layout
-from weightspace.nets.spec import MLPSpec
+from weightspace.nets.layout import flatten_params, params_to_tokens, token_layout
+from weightspace.nets.spec import MLPSpec, Params
 from weightspace.zoo.store import Zoo
 
-Params = dict[str, Tensor]
 Transform = Callable[[Params, MLPSpec], Params]
 Augment = Callable[[Params, MLPSpec, torch.Generator], Params]
 Representation = Literal["flat", "tokens"]
@@ -75,190 +73,6 @@ MEMBER_TARGETS = {  # column in members.parquet -> target name
 CATEGORICAL_TARGETS = ("init", "bias_init", "optimizer", "activation", "data_order")
 
 
-# --------------------------------------------------------------------------- normalization
-class LayerNormalizer:
-    """Per parameter tensor standardization: ``(x - mean[name]) / std[name]``.
-
-    One mean and one std per ``state_dict`` tensor (each layer's weight and bias separately),
-    fitted on the training split only (:meth:`fit`). Works on stacked parameter dicts, flat
-    vectors ``(..., D)`` and tokens ``(..., T, d_tok)`` (token padding stays zero), and is
-    inverted by :meth:`denormalize`. A tensor whose std is below ``eps`` (e.g. constant
-    initializations only) keeps std 1, so it is only centred. :meth:`to_dict` gives plain
-    Python values for checkpoints; :meth:`from_dict` reads them back.
-    """
-
-    def __init__(
-        self,
-        spec: MLPSpec,
-        mean: Mapping[str, float],
-        std: Mapping[str, float],
-        count: int = 0,
-    ):
-        self.spec = MLPSpec(spec.widths, bias=spec.bias)
-        names = list(self.spec.param_shapes())
-        if set(mean) != set(names) or set(std) != set(names):
-            raise ValueError(f"normalizer stats must cover exactly {names}")
-        self.mean = {n: float(mean[n]) for n in names}
-        self.std = {n: float(std[n]) for n in names}
-        self.count = int(count)
-        self._flat: tuple[Tensor, Tensor] | None = None
-        self._tokens: tuple[Tensor, Tensor] | None = None
-
-    # ---- fitting
-    @classmethod
-    def fit(
-        cls,
-        dataset: WeightDataset,
-        indices: Iterable[int] | None = None,
-        chunk_size: int = 4096,
-        eps: float = 1e-8,
-    ) -> LayerNormalizer:
-        """Statistics over ``dataset`` items ``indices`` (default: all), read in chunks.
-
-        Uses the parameters after the dataset's ``transform`` and before augmentation.
-        """
-        idx = np.arange(len(dataset)) if indices is None else np.asarray(list(indices), int)
-        if len(idx) == 0:
-            raise ConfigError("normalizer: cannot fit on an empty training split")
-        # Chunks in (zoo, epoch, member) order read few (zoo, epoch) groups each.
-        idx = idx[dataset._read_order(idx)]
-        acc = _Moments()
-        for lo in range(0, len(idx), chunk_size):
-            acc.update(dataset.params(idx[lo : lo + chunk_size]))
-        return acc.normalizer(dataset.spec, eps)
-
-    @classmethod
-    def from_params(
-        cls, params: Mapping[str, Tensor], spec: MLPSpec, eps: float = 1e-8
-    ) -> LayerNormalizer:
-        """Statistics of stacked parameters already in memory."""
-        acc = _Moments()
-        acc.update(params)
-        return acc.normalizer(spec, eps)
-
-    # ---- parameter dicts
-    def normalize_params(self, params: Mapping[str, Tensor]) -> Params:
-        return {n: (p - self.mean[n]) / self.std[n] for n, p in params.items()}
-
-    def denormalize_params(self, params: Mapping[str, Tensor]) -> Params:
-        return {n: p * self.std[n] + self.mean[n] for n, p in params.items()}
-
-    # ---- flat vectors and tokens: precomputed per-entry mean / std
-    def _flat_stats(self) -> tuple[Tensor, Tensor]:
-        if self._flat is None:
-            shapes = self.spec.param_shapes()
-            mean = {n: torch.full(s, self.mean[n]) for n, s in shapes.items()}
-            std = {n: torch.full(s, self.std[n]) for n, s in shapes.items()}
-            self._flat = flatten_params(mean, self.spec), flatten_params(std, self.spec)
-        return self._flat
-
-    def _token_stats(self) -> tuple[Tensor, Tensor]:
-        if self._tokens is None:
-            shapes = self.spec.param_shapes()
-            mean = {n: torch.full(s, self.mean[n]) for n, s in shapes.items()}
-            std = {n: torch.full(s, self.std[n]) for n, s in shapes.items()}
-            pad = ~token_layout(self.spec).mask
-            tok_std = params_to_tokens(std, self.spec).masked_fill(pad, 1.0)
-            self._tokens = params_to_tokens(mean, self.spec), tok_std
-        return self._tokens
-
-    def normalize_flat(self, x: Tensor) -> Tensor:
-        mean, std = self._flat_stats()
-        return (x - mean.to(x)) / std.to(x)
-
-    def denormalize_flat(self, x: Tensor) -> Tensor:
-        mean, std = self._flat_stats()
-        return x * std.to(x) + mean.to(x)
-
-    def normalize_tokens(self, x: Tensor) -> Tensor:
-        mean, std = self._token_stats()
-        return (x - mean.to(x)) / std.to(x)
-
-    def denormalize_tokens(self, x: Tensor) -> Tensor:
-        mean, std = self._token_stats()
-        return x * std.to(x) + mean.to(x)
-
-    def _kind(self, x: Tensor) -> str:
-        layout_shape = (sum(self.spec.widths[1:]), token_dim(self.spec))
-        if x.dim() >= 2 and tuple(x.shape[-2:]) == layout_shape:
-            # A single-layer net with one output has T=1, d_tok=D: both layouts coincide.
-            return "tokens"
-        if x.shape[-1] == self.spec.n_params():
-            return "flat"
-        raise ValueError(
-            f"tensor of shape {tuple(x.shape)} is neither flat (..., {self.spec.n_params()}) "
-            f"nor tokens (..., {layout_shape[0]}, {layout_shape[1]})"
-        )
-
-    def normalize(self, x: Tensor | Mapping[str, Tensor]) -> Tensor | Params:
-        """A parameter dict, flat vectors ``(..., D)`` or tokens ``(..., T, d_tok)``."""
-        if isinstance(x, Mapping):
-            return self.normalize_params(x)
-        return self.normalize_tokens(x) if self._kind(x) == "tokens" else self.normalize_flat(x)
-
-    def denormalize(self, x: Tensor | Mapping[str, Tensor]) -> Tensor | Params:
-        if isinstance(x, Mapping):
-            return self.denormalize_params(x)
-        if self._kind(x) == "tokens":
-            return self.denormalize_tokens(x)
-        return self.denormalize_flat(x)
-
-    # ---- serialization
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "widths": list(self.spec.widths),
-            "bias": self.spec.bias,
-            "mean": dict(self.mean),
-            "std": dict(self.std),
-            "count": self.count,
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> LayerNormalizer:
-        spec = MLPSpec(tuple(d["widths"]), bias=bool(d["bias"]))
-        return cls(spec, d["mean"], d["std"], d.get("count", 0))
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, LayerNormalizer) and self.to_dict() == other.to_dict()
-
-    def __repr__(self) -> str:
-        stats = ", ".join(f"{n}: {self.mean[n]:.3g}±{self.std[n]:.3g}" for n in self.mean)
-        return f"LayerNormalizer({stats})"
-
-
-class _Moments:
-    """Running count / mean / sum of squared deviations per tensor (Chan et al. merge)."""
-
-    def __init__(self) -> None:
-        self.n: dict[str, int] = {}
-        self.mean: dict[str, float] = {}
-        self.m2: dict[str, float] = {}
-
-    def update(self, params: Mapping[str, Tensor]) -> None:
-        for name, p in params.items():
-            x = p.detach().reshape(-1).double()
-            nb = x.numel()
-            if nb == 0:
-                continue
-            mb = float(x.mean())
-            m2b = float(((x - mb) ** 2).sum())
-            na, ma, m2a = self.n.get(name, 0), self.mean.get(name, 0.0), self.m2.get(name, 0.0)
-            n = na + nb
-            delta = mb - ma
-            self.n[name] = n
-            self.mean[name] = ma + delta * nb / n
-            self.m2[name] = m2a + m2b + delta * delta * na * nb / n
-
-    def normalizer(self, spec: MLPSpec, eps: float) -> LayerNormalizer:
-        std = {}
-        for name, m2 in self.m2.items():
-            s = math.sqrt(m2 / self.n[name])
-            std[name] = s if s > eps else 1.0
-        first, shape = next(iter(spec.param_shapes().items()))
-        count = self.n.get(first, 0) // math.prod(shape)  # networks seen
-        return LayerNormalizer(spec, self.mean, std, count)
-
-
 # --------------------------------------------------------------------------- the dataset
 def _open(zoos: Zoo | str | Path | Sequence[Zoo | str | Path]) -> list[Zoo]:
     items = [zoos] if isinstance(zoos, Zoo | str | Path) else list(zoos)
@@ -267,7 +81,7 @@ def _open(zoos: Zoo | str | Path | Sequence[Zoo | str | Path]) -> list[Zoo]:
     return [z if isinstance(z, Zoo) else Zoo.open(z) for z in items]
 
 
-def _resolve_callable(obj: Callable | str | None, what: str) -> Callable | None:
+def resolve_callable(obj: Callable | str | None, what: str) -> Callable | None:
     """A callable, or its import path ``"package.module.name"`` / ``"package.module:name"``."""
     if obj is None or callable(obj):
         return obj
@@ -280,7 +94,7 @@ def _resolve_callable(obj: Callable | str | None, what: str) -> Callable | None:
     raise ConfigError(f"{what}: expected a callable or an import path, got {type(obj).__name__}")
 
 
-def _callable_name(obj: Callable | str | None) -> str | None:
+def callable_name(obj: Callable | str | None) -> str | None:
     if obj is None or isinstance(obj, str):
         return obj
     module = getattr(obj, "__module__", None)
@@ -288,7 +102,7 @@ def _callable_name(obj: Callable | str | None) -> str | None:
     return f"{module}:{name}" if module else name
 
 
-def _seed_from(*words: int) -> int:
+def seed_from(*words: int) -> int:
     """A 64-bit seed that depends on every word (numpy's SeedSequence hashing)."""
     entropy = [int(w) & 0xFFFFFFFFFFFFFFFF for w in words]
     return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
@@ -348,8 +162,8 @@ class WeightDataset(Dataset):
         # Effective weights: weight-normalized zoos are read as plain weight / bias tensors.
         self.spec = MLPSpec(specs[0].widths, specs[0].activation, specs[0].bias)
         self.representation: Representation = representation
-        self.transform = _resolve_callable(transform, "transform")
-        self.augment = _resolve_callable(augment, "augment")
+        self.transform = resolve_callable(transform, "transform")
+        self.augment = resolve_callable(augment, "augment")
         self.views = views
         self.seed = int(seed)
         self.aug_epoch = 0
@@ -514,7 +328,7 @@ class WeightDataset(Dataset):
             rows = torch.from_numpy(np.flatnonzero(keep))
             out._cache = {k: v[rows] for k, v in self._cache.items()}
         for k, v in overrides.items():
-            setattr(out, k, _resolve_callable(v, k) if k == "augment" else v)
+            setattr(out, k, resolve_callable(v, k) if k == "augment" else v)
         if out.views < 1 or (out.views > 1 and out.augment is None):
             raise ConfigError(f"views={out.views}: need views >= 1, and an augment for views > 1")
         return out
@@ -646,7 +460,7 @@ class WeightDataset(Dataset):
         out = {n: torch.empty((b, v, *s)) for n, s in self._shapes.items()}
         for row, i in enumerate(idx):
             gen = torch.Generator().manual_seed(
-                _seed_from(
+                seed_from(
                     self.seed,
                     self.aug_epoch,
                     self._zoo_index[i],
@@ -705,276 +519,3 @@ def collate_batch(batch: Any) -> Any:
     if isinstance(batch, Mapping):
         return batch
     return default_collate(batch)
-
-
-# --------------------------------------------------------------------------- splits
-def split_members(
-    source: WeightDataset | Zoo | pd.DataFrame,
-    fractions: Sequence[float] = (0.7, 0.15, 0.15),
-    seed: int = 0,
-) -> list[list[MemberKey]]:
-    """Split members (never single checkpoints) into ``len(fractions)`` disjoint groups.
-
-    ``source`` is a dataset (its members after filtering; returns ``(zoo_index, member_id)``
-    pairs), a zoo or a members table (a ``member_id`` column, returns ids; with a
-    ``zoo_index`` column, pairs). The members, sorted, are shuffled by ``seed`` and cut by
-    ``fractions`` (largest remainders; every positive fraction gets a member if there are
-    enough). Deterministic: the same members and seed give the same split.
-    """
-    f = np.asarray(list(fractions), dtype=float)
-    if f.ndim != 1 or len(f) == 0 or (f < 0).any() or not math.isclose(f.sum(), 1.0, abs_tol=1e-6):
-        raise ConfigError(f"fractions: {list(fractions)} must be >= 0 and sum to 1")
-    if isinstance(source, WeightDataset):
-        keys: list[MemberKey] = list(source.member_keys())
-    else:
-        table = source.members if isinstance(source, Zoo) else source
-        if "zoo_index" in table:
-            pairs = table[["zoo_index", "member_id"]].drop_duplicates().to_numpy(np.int64)
-            keys = sorted((int(z), int(m)) for z, m in pairs)
-        else:
-            keys = sorted(int(m) for m in table["member_id"].unique())
-    n = len(keys)
-    raw = f * n
-    counts = np.floor(raw).astype(int)
-    order = np.argsort(-(raw - counts), kind="stable")
-    counts[order[: n - counts.sum()]] += 1
-    if n >= (f > 0).sum():
-        for k in np.flatnonzero((f > 0) & (counts == 0)):
-            counts[np.argmax(counts)] -= 1
-            counts[k] += 1
-    perm = np.random.default_rng(seed).permutation(n)
-    bounds = np.concatenate([[0], np.cumsum(counts)])
-    return [sorted(keys[i] for i in perm[lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:])]
-
-
-# --------------------------------------------------------------------------- loading
-class EpochShuffleSampler(Sampler[int]):
-    """A seeded shuffle that changes with :meth:`set_epoch` (Lightning calls it each epoch).
-
-    ``set_epoch`` is forwarded to the dataset so that augmentations change too. Workers get
-    the dataset when an epoch's iterator starts, so keep ``persistent_workers=False``.
-    """
-
-    def __init__(self, dataset: WeightDataset, seed: int = 0, shuffle: bool = True):
-        self.dataset = dataset
-        self.seed = int(seed)
-        self.shuffle = shuffle
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __iter__(self) -> Iterator[int]:
-        n = len(self.dataset)
-        if not self.shuffle:
-            return iter(range(n))
-        gen = torch.Generator().manual_seed(_seed_from(self.seed, self.epoch))
-        return iter(torch.randperm(n, generator=gen).tolist())
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-        self.dataset.set_epoch(epoch)
-
-
-def make_loader(
-    dataset: WeightDataset,
-    batch_size: int,
-    shuffle: bool = False,
-    seed: int = 0,
-    num_workers: int = 0,
-    drop_last: bool = False,
-    pin_memory: bool = False,
-) -> DataLoader:
-    """A DataLoader that fetches whole batches through ``__getitems__``."""
-    if num_workers > 0:
-        dataset.verify_files()
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=EpochShuffleSampler(dataset, seed, shuffle),
-        collate_fn=collate_batch,
-        num_workers=num_workers,
-        drop_last=drop_last,
-        pin_memory=pin_memory,
-        persistent_workers=False,
-    )
-
-
-@dataclass
-class _Splits:
-    train: WeightDataset
-    val: WeightDataset
-    test: WeightDataset
-    members: dict[str, list[MemberKey]] = field(default_factory=dict)
-
-
-class WeightDataModule(pl.LightningDataModule):
-    """Zoos -> train / val / test loaders, split by member, normalized with train statistics.
-
-    All arguments are plain values; ``transform`` and ``augment`` may be callables or import
-    paths (``"weightspace.symmetry.canonicalize"``), stored in the hyperparameters by name.
-    ``augment`` / ``views`` apply to every split (val and test views are fixed: their
-    augmentation epoch stays 0); :meth:`dataset` builds other variants, e.g. without
-    augmentation for evaluation.
-    """
-
-    def __init__(
-        self,
-        zoo_paths: str | Path | Sequence[str | Path],
-        representation: Representation = "flat",
-        epochs: Sequence[int] | str | None = None,
-        exclude_diverged: bool = True,
-        test_acc_range: Sequence[float | None] | None = None,
-        fractions: Sequence[float] = (0.7, 0.15, 0.15),
-        seed: int = 0,
-        batch_size: int = 64,
-        num_workers: int = 0,
-        normalize: bool = True,
-        transform: Transform | str | None = None,
-        augment: Augment | str | None = None,
-        views: int = 1,
-        cache: bool = False,
-        verify: bool = True,
-    ):
-        super().__init__()
-        paths = [zoo_paths] if isinstance(zoo_paths, str | Path) else list(zoo_paths)
-        self.zoo_paths = [str(p) for p in paths]
-        self.representation = representation
-        self.epochs = epochs if epochs is None or isinstance(epochs, str) else list(epochs)
-        self.exclude_diverged = bool(exclude_diverged)
-        self.test_acc_range = None if test_acc_range is None else tuple(test_acc_range)
-        self.fractions = tuple(float(f) for f in fractions)
-        if len(self.fractions) != 3:
-            raise ConfigError(f"fractions: need (train, val, test), got {list(self.fractions)}")
-        self.seed = int(seed)
-        self.batch_size = int(batch_size)
-        self.num_workers = int(num_workers)
-        self.normalize = bool(normalize)
-        self.transform = _resolve_callable(transform, "transform")
-        self.augment = _resolve_callable(augment, "augment")
-        self.views = int(views)
-        self.cache = bool(cache)
-        self.verify = bool(verify)
-        self.save_hyperparameters(
-            {
-                "zoo_paths": self.zoo_paths,
-                "representation": representation,
-                "epochs": self.epochs,
-                "exclude_diverged": self.exclude_diverged,
-                "test_acc_range": None if test_acc_range is None else list(self.test_acc_range),
-                "fractions": list(self.fractions),
-                "seed": self.seed,
-                "batch_size": self.batch_size,
-                "num_workers": self.num_workers,
-                "normalize": self.normalize,
-                "transform": _callable_name(transform),
-                "augment": _callable_name(augment),
-                "views": self.views,
-                "cache": self.cache,
-                "verify": self.verify,
-            }
-        )
-        self.normalizer: LayerNormalizer | None = None
-        self._splits: _Splits | None = None
-        self._full: WeightDataset | None = None
-
-    def setup(self, stage: str | None = None) -> None:
-        if self._splits is not None:
-            return
-        zoos = [Zoo.open(p, verify=self.verify) for p in self.zoo_paths]
-        full = WeightDataset(
-            zoos,
-            self.representation,
-            epochs=self.epochs,
-            exclude_diverged=self.exclude_diverged,
-            test_acc_range=self.test_acc_range,
-            transform=self.transform,
-            augment=self.augment,
-            views=self.views,
-            seed=self.seed,
-            cache=self.cache,
-        )
-        train_m, val_m, test_m = split_members(full, self.fractions, self.seed)
-        train = full.select_members(train_m)
-        if self.normalize and self.normalizer is None:
-            self.normalizer = LayerNormalizer.fit(train)
-        self._full = full
-        self._splits = _Splits(
-            train=full.select_members(train_m, normalizer=self.normalizer),
-            val=full.select_members(val_m, normalizer=self.normalizer),
-            test=full.select_members(test_m, normalizer=self.normalizer),
-            members={"train": train_m, "val": val_m, "test": test_m},
-        )
-
-    def _need(self) -> _Splits:
-        if self._splits is None:
-            raise RuntimeError("WeightDataModule: call setup() first")
-        return self._splits
-
-    # ---- what models need to know
-    @property
-    def full_dataset(self) -> WeightDataset:
-        self._need()
-        assert self._full is not None
-        return self._full
-
-    @property
-    def spec(self) -> MLPSpec:
-        return self.full_dataset.spec
-
-    @property
-    def n_params(self) -> int:
-        return self.full_dataset.n_params
-
-    @property
-    def n_tokens(self) -> int:
-        return self.full_dataset.n_tokens
-
-    @property
-    def token_dim(self) -> int:
-        return self.full_dataset.token_dim
-
-    @property
-    def target_names(self) -> list[str]:
-        return self.full_dataset.target_names
-
-    @property
-    def categories(self) -> dict[str, list[str]]:
-        return self.full_dataset.categories
-
-    @property
-    def splits(self) -> dict[str, list[MemberKey]]:
-        """The members of each split: ``{"train": [(zoo_index, member_id), ...], ...}``."""
-        return self._need().members
-
-    def dataset(self, split: str, **overrides: Any) -> WeightDataset:
-        """The dataset of ``split`` ("train", "val", "test"), optionally with other options
-        (``augment=None, views=1`` for evaluation); always with the fitted normalizer."""
-        splits = self._need()
-        if split not in splits.members:
-            raise ValueError(f"split: '{split}' (choose train, val or test)")
-        if not overrides:
-            return getattr(splits, split)
-        overrides.setdefault("normalizer", self.normalizer)
-        return self.full_dataset.select_members(splits.members[split], **overrides)
-
-    # ---- loaders
-    def train_dataloader(self) -> DataLoader:
-        return make_loader(self._need().train, self.batch_size, True, self.seed, self.num_workers)
-
-    def val_dataloader(self) -> DataLoader:
-        return make_loader(self._need().val, self.batch_size, False, self.seed, self.num_workers)
-
-    def test_dataloader(self) -> DataLoader:
-        return make_loader(self._need().test, self.batch_size, False, self.seed, self.num_workers)
-
-    # ---- checkpoints: the normalizer travels with the model
-    def state_dict(self) -> dict[str, Any]:
-        return {"normalizer": None if self.normalizer is None else self.normalizer.to_dict()}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        d = state_dict.get("normalizer")
-        self.normalizer = None if d is None else LayerNormalizer.from_dict(d)
-        if self._splits is not None:
-            for name in ("train", "val", "test"):
-                getattr(self._splits, name).normalizer = self.normalizer

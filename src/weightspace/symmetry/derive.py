@@ -33,14 +33,11 @@ from weightspace.cli import progress_bar
 from weightspace.config import fingerprint, to_dict
 from weightspace.errors import ConfigError, ZooError
 from weightspace.nets.spec import MLPSpec
-from weightspace.symmetry import (
-    UnitTransform,
-    apply_transform,
-    canonicalize,
-    merge_many,
-    weight_matching,
-)
-from weightspace.zoo.store import Zoo, ZooWriter, sha256_file
+from weightspace.symmetry.canonical import canonicalize
+from weightspace.symmetry.matching import merge_many, weight_matching
+from weightspace.symmetry.transforms import UnitTransform, apply_transform
+from weightspace.zoo.files import sha256_file
+from weightspace.zoo.store import Zoo, ZooWriter
 
 KINDS = ("canonical", "align", "merge_many")
 

@@ -1,7 +1,7 @@
 """Latents of a trained autoencoder run: load its folder, encode a zoo's checkpoints.
 
 An autoencoder run folder (written by ``scripts/train_autoencoder.py``, see
-:mod:`weightspace.train_ae`) holds ``run.json`` (the zoo it read), ``config.yaml`` (the
+:mod:`weightspace.autoencoder.train`) holds ``run.json`` (the zoo it read), ``config.yaml`` (the
 resolved config), ``checkpoints/`` and, when evaluated, ``evaluation/``. :func:`load_run`
 rebuilds what the run trained on exactly as training built it:
 
@@ -12,6 +12,9 @@ rebuilds what the run trained on exactly as training built it:
   the model's hyperparameters), so it is the one the model saw, not a refit;
 - the **model** from the best checkpoint (lowest ``val/recon``, the one the run's evaluation
   used), else ``last.ckpt``.
+
+Runs written before the package's restructure open too (old ``_target_`` paths in their
+``config.yaml``, old hyperparameters in their checkpoints: :mod:`weightspace.autoencoder.legacy`).
 
 :func:`encode_zoo` then encodes every checkpoint of every member the run's data holds (the
 run's ``epochs`` / ``test_acc_range`` filters aside: all epochs by default) without
@@ -35,14 +38,15 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from weightspace.dataset import WeightDataModule, WeightDataset
+from weightspace.data.datamodule import WeightDataModule
+from weightspace.data.dataset import WeightDataset
 from weightspace.errors import ConfigError, ZooError
 from weightspace.zoo.store import MANIFEST
 
 log = logging.getLogger(__name__)
 
-RUN_FILE = "run.json"  # = weightspace.train_ae.RUN_FILE (not imported: it pulls in W&B)
-CONFIG_FILE = "config.yaml"
+RUN_FILE = "run.json"  # the zoo the run read and its W&B id
+CONFIG_FILE = "config.yaml"  # the run's resolved config
 EVALUATION_DIR = "evaluation"
 RUN_DIRS = ("autoencoder", "autoencoder-multirun")  # where train_autoencoder.py writes runs
 SPLITS = ("train", "val", "test")
@@ -117,7 +121,7 @@ class Run:
     record: dict[str, Any]
     zoo: Path  # the zoo the run read (the derived zoo for canon=align)
     checkpoint: Path
-    model: Any  # weightspace.autoencoder.WeightAutoencoder
+    model: Any  # weightspace.autoencoder.module.WeightAutoencoder
     datamodule: WeightDataModule
 
     @property
@@ -134,7 +138,7 @@ class Run:
         m = self.model
         width = getattr(m, "latent_width", m.hparams.latent_dim)
         return (
-            f"{self.path} (encoder {m.hparams.encoder.get('kind', '?')}, latent "
+            f"{self.path} (encoder {m.encoder_kind}, latent "
             f"{width}, canon={self.canon}, zoo {self.zoo}, checkpoint "
             f"{self.checkpoint.name})"
         )
@@ -179,8 +183,9 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> Run:
     """
     from hydra.utils import instantiate
 
-    from weightspace.autoencoder import WeightAutoencoder
-    from weightspace.dataset import LayerNormalizer
+    from weightspace.autoencoder.legacy import upgrade_config
+    from weightspace.autoencoder.module import WeightAutoencoder
+    from weightspace.data.normalizer import LayerNormalizer
 
     path = Path(run_dir).expanduser().resolve()
     if not is_run(path):
@@ -190,7 +195,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> Run:
         )
     try:
         record = json.loads((path / RUN_FILE).read_text())
-        config = OmegaConf.load(path / CONFIG_FILE)
+        config = upgrade_config(OmegaConf.load(path / CONFIG_FILE))  # old _target_ paths
         zoo = Path(record["zoo"])
         data_cfg = config.data
     except Exception as e:  # unreadable JSON / YAML, or fields missing

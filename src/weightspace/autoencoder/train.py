@@ -36,18 +36,18 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
-from weightspace.autoencoder import WeightAutoencoder
+from weightspace.autoencoder.module import WeightAutoencoder
+from weightspace.autoencoder.run import CONFIG_FILE, RUN_FILE
 from weightspace.config import CONF_DIR, to_dict
-from weightspace.dataset import WeightDataModule
+from weightspace.data.datamodule import WeightDataModule
 from weightspace.errors import ConfigError, ZooError
-from weightspace.zoo.generate import wandb_mode
+from weightspace.tracking import wandb_mode
 from weightspace.zoo.store import MANIFEST
 
 log = logging.getLogger(__name__)
 
 CONFIG_DIR = CONF_DIR / "autoencoder"
 CONFIG_NAME = "train_autoencoder"
-RUN_FILE = "run.json"
 
 
 def resolve_zoo(cfg: DictConfig) -> Path:
@@ -130,7 +130,7 @@ def _run_record(run_dir: Path, zoo: Path) -> dict[str, Any]:
 def _write_run_files(run_dir: Path, record: dict[str, Any], cfg: DictConfig) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / RUN_FILE).write_text(json.dumps(record, indent=2) + "\n")
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
 
 @rank_zero_only
@@ -193,7 +193,8 @@ def _evaluate(
     ``run_dir/evaluation/`` and logged to W&B as tables, on rank zero only."""
     if not cfg.get("evaluate", False) or not rank_zero_only.rank == 0:
         return None
-    from weightspace.evaluation import evaluate_autoencoder, write_results
+    from weightspace.evaluation import evaluate_autoencoder
+    from weightspace.evaluation.results import write_results
 
     results = evaluate_autoencoder(model, datamodule, seed=int(cfg.seed))
     write_results(results, run_dir / "evaluation")
@@ -288,7 +289,7 @@ RECONSTRUCTION_COLUMNS = (
 
 def summarize_evaluation(results: dict[str, Any], run_dir: Path) -> str:
     """The results table and the headline reconstruction / generation numbers, for print."""
-    from weightspace.evaluation import format_comparisons
+    from weightspace.evaluation.tables import format_comparisons
 
     rec = results["reconstruction"]
     gen = results["generation"]

@@ -1,0 +1,186 @@
+"""The results of an evaluation, and the one place that knows its folder's layout.
+
+:class:`EvalResults` holds what :func:`~weightspace.evaluation.evaluate.evaluate_autoencoder`
+returns. :meth:`EvalResults.save` writes a folder of
+
+- ``probes.csv``          every probe score (:data:`~weightspace.evaluation.probes.PROBE_COLUMNS`)
+- ``comparisons.csv``     the latent's probes against each baseline's (paired bootstrap)
+- ``reconstruction.csv``  a row per model (and per checkpoint epoch), column ``model`` first
+- ``table.md``            the probe table for people (never read back)
+- ``results.json``        everything above but the table, plus ``info`` and ``generation``
+                          (NaN / inf written as null); written last
+
+and :meth:`EvalResults.load` reads one back from the CSVs and the JSON. Nothing else in the
+package names these files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from weightspace.evaluation.compare import COMPARISON_COLUMNS
+from weightspace.evaluation.tables import format_table, probe_summary
+
+FILES = {
+    "probes": "probes.csv",
+    "comparisons": "comparisons.csv",
+    "reconstruction": "reconstruction.csv",
+    "table": "table.md",
+    "json": "results.json",
+}
+# Floats read back exactly as written: pandas 3 does by default (and deprecates the option).
+_EXACT = {"float_precision": "round_trip"} if int(pd.__version__.split(".")[0]) < 3 else {}
+# The names the results read by, as a mapping (in the order of the former results dict).
+KEYS = ("probes", "table", "comparisons", "reconstruction", "generation", "info")
+
+
+def _no_comparisons() -> pd.DataFrame:
+    return pd.DataFrame(columns=COMPARISON_COLUMNS)
+
+
+@dataclass(eq=False)
+class EvalResults(Mapping[str, Any]):
+    """An evaluation's results.
+
+    ``probes``: one row per probe score (:func:`~weightspace.evaluation.probes.probe_table`);
+    ``comparisons``: :func:`~weightspace.evaluation.compare.compare_probes`;
+    ``reconstruction``: a row per model (autoencoder, pca, then per checkpoint epoch), see
+    :func:`~weightspace.evaluation.reconstruction.reconstruction_table`; ``generation`` and
+    ``info``: plain values. ``table`` is the probe table in markdown, made from ``probes``.
+
+    Also read as a mapping with those keys (``results["probes"]``), as the results were a
+    dict before.
+    """
+
+    probes: pd.DataFrame
+    reconstruction: pd.DataFrame
+    comparisons: pd.DataFrame = field(default_factory=_no_comparisons)
+    generation: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def table(self) -> str:
+        """The probe table for people (:func:`~weightspace.evaluation.tables.format_table`)."""
+        return format_table(self.probes)
+
+    def probe_summary(self) -> pd.DataFrame:
+        """The cells of :attr:`table` as a DataFrame of strings (no markdown parsed)."""
+        return probe_summary(self.probes)
+
+    # ---- read as a mapping
+    def __getitem__(self, key: str) -> Any:
+        if key not in KEYS:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(KEYS)
+
+    def __len__(self) -> int:
+        return len(KEYS)
+
+    @classmethod
+    def from_mapping(cls, results: Mapping[str, Any]) -> EvalResults:
+        """Results from a mapping with :data:`KEYS` (``table`` ignored: made from probes)."""
+        if isinstance(results, EvalResults):
+            return results
+        return cls(
+            probes=results["probes"],
+            reconstruction=results["reconstruction"],
+            comparisons=results.get("comparisons", _no_comparisons()),
+            generation=results.get("generation", {}),
+            info=results.get("info", {}),
+        )
+
+    # ---- the folder
+    @staticmethod
+    def paths(folder: str | Path) -> dict[str, Path]:
+        """The files of an evaluation folder, by name (``probes``, ``comparisons``,
+        ``reconstruction``, ``table``, ``json``)."""
+        root = Path(folder)
+        return {name: root / file for name, file in FILES.items()}
+
+    @staticmethod
+    def is_saved(folder: str | Path) -> bool:
+        """Whether ``folder`` holds saved results (``results.json``, written last)."""
+        return EvalResults.paths(folder)["json"].is_file()
+
+    def save(self, folder: str | Path) -> dict[str, Path]:
+        """Write the results into ``folder`` (created if needed); returns the paths by name."""
+        paths = self.paths(folder)
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        self.probes.to_csv(paths["probes"], index=False)
+        self.comparisons.to_csv(paths["comparisons"], index=False)
+        self.reconstruction.to_csv(paths["reconstruction"], index_label="model")
+        paths["table"].write_text(self.table + "\n")
+        rec = self.reconstruction
+        payload = {
+            "info": self.info,
+            "reconstruction": {str(k): row for k, row in rec.to_dict(orient="index").items()},
+            "generation": self.generation,
+            "probes": self.probes.to_dict(orient="records"),
+            "comparisons": self.comparisons.to_dict(orient="records"),
+        }
+        paths["json"].write_text(json.dumps(_json_safe(payload), indent=1, allow_nan=False))
+        return paths
+
+    @classmethod
+    def load(cls, folder: str | Path) -> EvalResults:
+        """Read results saved by :meth:`save`: the tables from the CSVs (floats exactly as
+        written), ``info`` and ``generation`` from the JSON (null read back as NaN).
+        ``comparisons.csv`` may be missing (older runs): no comparisons."""
+        paths = cls.paths(folder)
+        if not paths["json"].is_file():
+            raise FileNotFoundError(f"evaluation: no results in {folder} ({FILES['json']})")
+        data = json.loads(paths["json"].read_text())
+        probes = pd.read_csv(paths["probes"], **_EXACT)
+        probes["note"] = probes["note"].fillna("")  # written empty, read as NaN
+        reconstruction = pd.read_csv(paths["reconstruction"], index_col="model", **_EXACT)
+        reconstruction.index.name = None
+        comparisons = (
+            pd.read_csv(paths["comparisons"], **_EXACT)
+            if paths["comparisons"].is_file()
+            else _no_comparisons()
+        )
+        return cls(
+            probes=probes,
+            reconstruction=reconstruction,
+            comparisons=comparisons,
+            generation=_nan_for_null(data.get("generation") or {}),
+            info=_nan_for_null(data.get("info") or {}),
+        )
+
+
+def write_results(results: Mapping[str, Any], folder: str | Path) -> dict[str, Path]:
+    """:meth:`EvalResults.save` of ``results`` (an :class:`EvalResults` or a mapping with its
+    keys) into ``folder``; returns the paths by name."""
+    return EvalResults.from_mapping(results).save(folder)
+
+
+def _nan_for_null(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: float("nan") if v is None else v for k, v in values.items()}
+
+
+def _json_safe(x: Any) -> Any:
+    """Plain JSON values: NaN / inf -> None, numpy scalars and arrays -> Python."""
+    if isinstance(x, Mapping):
+        return {str(k): _json_safe(v) for k, v in x.items()}
+    if isinstance(x, list | tuple | set):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _json_safe(x.tolist())
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, pd.DataFrame):
+        return _json_safe(x.to_dict(orient="records"))
+    return x

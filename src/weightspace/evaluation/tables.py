@@ -1,0 +1,108 @@
+"""Markdown tables for people: the probe table, the comparisons, a sweep's summary.
+
+Every table is rendered by :func:`markdown` (columns padded to a common width, or not).
+These strings are written for reading (``table.md``, the printed summaries); programs read
+the numbers from the CSV / JSON files instead (:class:`weightspace.evaluation.results.EvalResults`),
+and :func:`probe_summary` gives the probe table's cells as a DataFrame without any parsing.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+# The headline family of each probe: linear probes (ridge, logistic) side by side.
+PROBE_FAMILY = {"ridge": "linear", "logistic": "linear", "boosting": "boosting", "constant": ""}
+
+
+def markdown(header: list[str], body: list[list[str]], pad: bool = True) -> str:
+    """A markdown table of string cells; ``pad``: columns padded to a common width (else
+    cells as given, and a ``---`` separator)."""
+    if not pad:
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in body])
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+
+    def line(r: list[str]) -> str:
+        return "| " + " | ".join(x.ljust(w) for x, w in zip(r, widths)) + " |"
+
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(header), sep, *(line(r) for r in body)])
+
+
+def _probe_cells(df: pd.DataFrame, digits: int) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of :func:`format_table` (see there)."""
+    headline = df[df["metric"].isin(["r2", "accuracy"])]
+    family = headline["probe"].map(PROBE_FAMILY)
+    col = (headline["representation"] + " " + family).str.strip()
+    columns = list(dict.fromkeys(col))
+    cells: dict[str, dict[str, str]] = {}
+    metric_of: dict[str, str] = {}
+    for target, c, value, note, metric in zip(
+        headline["target"], col, headline["value"], headline["note"], headline["metric"]
+    ):
+        metric_of[target] = "R²" if metric == "r2" else "acc"
+        if isinstance(note, str) and note:
+            text = note
+        elif not math.isfinite(value):
+            text = "nan"
+        else:  # values that round to zero print as 0.000, not -0.000
+            text = f"{value if abs(value) >= 0.5 * 10**-digits else 0.0:.{digits}f}"
+        cells.setdefault(target, {})[c] = text
+    header = ["target", "metric", *columns]
+    body = [[t, metric_of[t], *(cells[t].get(c, "") for c in columns)] for t in cells]
+    return header, body
+
+
+def format_table(df: pd.DataFrame, digits: int = 3) -> str:
+    """A compact markdown table of a :func:`~weightspace.evaluation.probes.probe_table`: one
+    row per target, one column per representation and probe family ("latent linear",
+    "stats boosting", ...), each cell the target's headline score (R² for regression,
+    accuracy for categorical targets), or the note ('constant', 'missing')."""
+    return markdown(*_probe_cells(df, digits))
+
+
+def probe_summary(df: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """The cells of :func:`format_table` as a DataFrame of strings (columns ``target``,
+    ``metric``, then one per representation and probe family; '' where a cell is empty)."""
+    header, body = _probe_cells(df, digits)
+    return pd.DataFrame(body, columns=header)
+
+
+def format_comparisons(df: pd.DataFrame, digits: int = 3) -> str:
+    """A markdown table of :func:`compare_probes`: a row per target and probe family, a
+    column per baseline, each cell the difference (ours - theirs) and its interval, marked
+    ``better`` / ``worse`` when the interval excludes 0."""
+    if df.empty:
+        return "(no comparisons)"
+    baselines = list(dict.fromkeys(df["baseline"]))
+    header = ["target", "probe", *baselines]
+    body = []
+    for (target, probe), part in df.groupby(["target", "probe"], sort=False):
+        cells = dict.fromkeys(baselines, "")
+        for r in part.itertuples():
+            if not np.isfinite(r.difference):
+                cells[r.baseline] = "nan"
+                continue
+            mark = "" if r.verdict == "tied" else f" {r.verdict}"
+            cells[r.baseline] = (
+                f"{r.difference:+.{digits}f} [{r.ci_low:+.{digits}f}, {r.ci_high:+.{digits}f}]"
+                + mark
+            )
+        body.append([str(target), str(probe), *cells.values()])
+    return markdown(header, body)
+
+
+def format_frame(df: pd.DataFrame) -> str:
+    """A DataFrame as an unpadded markdown table: numbers to 4 significant digits, NaN empty."""
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return "" if math.isnan(v) else f"{v:.4g}"
+        return str(v)
+
+    body = [[fmt(v) for v in row] for row in df.itertuples(index=False)]
+    return markdown(list(df.columns), body, pad=False)
