@@ -15,9 +15,9 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 demo: $(BIN)/.installed  ## the main job end to end on the embedded default data (~7 min on 2 cores, installs included)
-	$(BIN)/python scripts/generate_zoo.py experiment=demo
+	$(BIN)/python scripts/generate_zoo.py experiment=zoo/demo
 	$(BIN)/python scripts/canonicalize_zoo.py parent=$(CURDIR)/zoos/digits-demo transform.kind=merge_many
-	$(BIN)/python scripts/train_autoencoder.py experiment=demo trainer.enable_progress_bar=false
+	$(BIN)/python scripts/train_autoencoder.py experiment=autoencoder/demo trainer.enable_progress_bar=false
 
 test: $(BIN)/.installed  ## the whole test suite (slow tests included)
 	$(BIN)/python -m pytest -q

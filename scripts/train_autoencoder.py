@@ -1,7 +1,7 @@
 """Train a weight-space autoencoder: python scripts/train_autoencoder.py zoo=zoos/digits ...
 
 A thin Hydra entry point around :func:`weightspace.autoencoder.train.train`
-(conf/autoencoder/train_autoencoder.yaml); e.g. add ``encoder=transformer canon=align``.
+(conf/train_autoencoder.yaml); e.g. add ``encoder=transformer canon=align``.
 """
 
 from weightspace.autoencoder.train import cli

@@ -32,7 +32,8 @@ from weightspace.analysis import (
 from weightspace.analysis import measures as M
 from weightspace.analysis.cohort import Cohort
 from weightspace.analysis.report import Figure, Report, Section, Table, jsonable, write_report
-from weightspace.analysis.run import compose_generate
+from weightspace.analysis.run import compose_generate, zoo_overrides
+from weightspace.config import CONF_DIR
 from weightspace.errors import ConfigError, ZooError
 from weightspace.nets.spec import MLPSpec
 from weightspace.zoo.generate import generate
@@ -329,7 +330,8 @@ def test_bad_inputs_are_one_line_errors(api_zoo_path, tmp_path):
 def shrink(cfg) -> None:
     """Make every zoo a preset generates tiny (same keys replaced, in place)."""
     for key, candidates in cfg.generate.items():
-        for name, overrides in candidates.items():
+        for name, candidate in candidates.items():
+            overrides = zoo_overrides(candidate)
             kept = [o for o in overrides if o.split("=", 1)[0] not in TINY_ZOO]
             cfg.generate[key][name] = kept + [f"{k}={v}" for k, v in TINY_ZOO.items()]
 
@@ -340,20 +342,18 @@ def test_preset_composes_and_its_zoo_configs_are_valid(preset, tmp_path):
     assert cfg.name == preset and cfg.sections == [preset]
     assert set(cfg.generate) <= {"zoo", "compare_zoo"} and "zoo" in cfg.generate
     for candidates in cfg.generate.values():
-        for overrides in candidates.values():
-            gcfg = compose_generate(list(overrides))
+        for candidate in candidates.values():
+            gcfg = compose_generate(zoo_overrides(candidate))
             assert gcfg.zoo.name.startswith("analysis-")
 
 
 def test_compose_generate_inside_a_running_app_keeps_the_apps_hydra(tmp_path):
     """Presets compose conf/generate.yaml while the analysis app holds Hydra's global
-    instance: it is lent and given back."""
+    instance (one config root: the app's own), and leave it as it was."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from weightspace.analysis.run import config_dir
-
-    with config_dir() as d, initialize_config_dir(str(d), version_base="1.3"):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         app = GlobalHydra.instance().hydra
         gcfg = compose_generate(["zoo.size=3"])
         assert gcfg.zoo.size == 3 and "hydra" not in gcfg

@@ -11,6 +11,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from conftest import REPO, run_cli
+from helpers import SMALL_OVERRIDES
 from hydra import compose, initialize_config_dir
 from hydra.utils import get_class, get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -22,11 +23,11 @@ from weightspace.autoencoder.train import (
     CONFIG_NAME,
     _run_record,
     claim_run_dir,
-    summarize_evaluation,
     train,
 )
 from weightspace.data.datamodule import WeightDataModule
 from weightspace.errors import ConfigError, ZooError
+from weightspace.evaluation.tables import summarize_evaluation
 from weightspace.features import FeatureSpec
 from weightspace.features.function import function_feature_names
 from weightspace.features.spectra import product_spectrum_names, spectrum_names
@@ -46,7 +47,7 @@ SMALL = {
     "probe": {"kind": "probe", "hidden": [64]},
 }
 ENC, DEC = "weightspace.autoencoder.encoders.", "weightspace.autoencoder.decoders."
-TARGETS = {  # the classes of conf/autoencoder/{encoder,decoder}/<kind>.yaml
+TARGETS = {  # the classes of conf/{encoder,decoder}/<kind>.yaml
     "encoder": {
         "mlp": ENC + "MLPEncoder",
         "transformer": ENC + "TransformerEncoder",
@@ -55,14 +56,6 @@ TARGETS = {  # the classes of conf/autoencoder/{encoder,decoder}/<kind>.yaml
     "decoder": {"mlp": DEC + "MLPDecoder", "transformer": DEC + "TransformerDecoder"},
 }
 DECODER_OF = {"probe": "mlp"}  # the decoder kind tests pair with an encoder kind
-SMALL_OVERRIDES = (
-    "evaluate=false",  # weightspace.evaluation is tested on its own
-    "model.n_probe=64",
-    "data.batch_size=8",
-    "trainer.accelerator=cpu",
-    "trainer.enable_progress_bar=false",
-    "trainer.log_every_n_steps=1",
-)
 
 
 def part_overrides(part: str, kind: str) -> list[str]:
@@ -482,7 +475,9 @@ def test_align_reads_the_merge_many_zoo(zoo_copy, tmp_path):
     assert record["zoo"] == f"{zoo_copy}-merge_many"
 
     # The main job's preset (make demo) on the same derived zoo: every loss it turns on runs.
-    demo = ae_cfg(tmp_path / "demo", zoo_copy, "experiment=demo", "trainer.fast_dev_run=true")
+    demo = ae_cfg(
+        tmp_path / "demo", zoo_copy, "experiment=autoencoder/demo", "trainer.fast_dev_run=true"
+    )
     assert demo.canon.name == "align" and demo.model.features.input == "concat"
     metrics = train(demo)
     for key in ("train/recon", "train/functional", "val/agreement"):

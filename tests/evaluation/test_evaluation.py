@@ -57,6 +57,23 @@ def _split(*arrays, n_train, n_val):
     return [(a[:n_train], a[n_train : n_train + n_val], a[n_train + n_val :]) for a in arrays]
 
 
+def _table_inputs(planted, *names: str):
+    """:func:`probe_table`'s inputs from the planted data, 250 / 75 / 75 rows: the latent and
+    the noise as representations, and the targets ``names`` (in that order) out of prop,
+    cat, one_activation (a single class), flat (a constant) and absent (all NaN)."""
+    z, noise, y, labels = planted
+    pool = {
+        "prop": y,
+        "cat": labels,
+        "one_activation": np.zeros(400, dtype=np.int64),
+        "flat": np.full(400, 0.1),
+        "absent": np.full(400, np.nan),
+    }
+    reps = {"latent": tuple(*_split(z, n_train=250, n_val=75))}
+    reps["noise"] = tuple(*_split(noise, n_train=250, n_val=75))
+    return reps, {t: tuple(*_split(pool[t], n_train=250, n_val=75)) for t in names}
+
+
 @pytest.fixture(scope="module")
 def planted():
     """Latents holding a linear property and 3 categories, and a noise representation."""
@@ -156,16 +173,7 @@ def test_boosting_probe_finds_a_nonlinear_property():
 
 
 def test_probe_table_rows_and_constant_targets(planted):
-    z, noise, y, labels = planted
-    reps = {"latent": tuple(*_split(z, n_train=250, n_val=75))}
-    reps["noise"] = tuple(*_split(noise, n_train=250, n_val=75))
-    targets = {
-        "prop": tuple(*_split(y, n_train=250, n_val=75)),
-        "cat": tuple(*_split(labels, n_train=250, n_val=75)),
-        "one_activation": tuple(*_split(np.zeros(400, dtype=np.int64), n_train=250, n_val=75)),
-        "flat": tuple(*_split(np.full(400, 0.1), n_train=250, n_val=75)),
-        "absent": tuple(*_split(np.full(400, np.nan), n_train=250, n_val=75)),
-    }
+    reps, targets = _table_inputs(planted, "prop", "cat", "one_activation", "flat", "absent")
     df = probe_table(reps, targets, {"cat", "one_activation"}, boosting=["latent"])
     assert list(df.columns) == PROBE_COLUMNS
     # targets x (latent linear + latent boosting + noise linear) x 2 metrics, plus chance rows:
@@ -541,14 +549,7 @@ def test_evaluate_autoencoder_end_to_end(datamodule, digits, tmp_path):
 def test_results_save_load_round_trip_and_summary_without_parsing(planted, tmp_path):
     """EvalResults.load reads back what save wrote (saving it again gives the same bytes),
     and the probe table's cells come from probes.csv, never from table.md."""
-    z, noise, y, labels = planted
-    reps = {"latent": tuple(*_split(z, n_train=250, n_val=75))}
-    reps["noise"] = tuple(*_split(noise, n_train=250, n_val=75))
-    targets = {
-        "prop": tuple(*_split(y, n_train=250, n_val=75)),
-        "cat": tuple(*_split(labels, n_train=250, n_val=75)),
-        "flat": tuple(*_split(np.full(400, 0.1), n_train=250, n_val=75)),
-    }
+    reps, targets = _table_inputs(planted, "prop", "cat", "flat")
     pred: dict = {}
     probes = probe_table(reps, targets, {"cat"}, boosting=False, predictions=pred)
     y_test = {t: np.asarray(v[2]) for t, v in targets.items()}

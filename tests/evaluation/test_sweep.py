@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from autoencoder.test_autoencoder import SMALL_OVERRIDES  # (tests/ is on sys.path)
 from conftest import REPO, run_cli
+from helpers import SMALL_OVERRIDES
 
 from weightspace.errors import ConfigError
 from weightspace.evaluation.sweep import summarize_sweep

@@ -116,7 +116,7 @@ def test_submitit_local_multirun_makes_the_zoo(tmp_path, one_job_zoo):
 # --------------------------------------------------------------------------- DDP
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_see_disjoint_data_and_write_one_run(api_zoo_path, tmp_path):
-    from test_autoencoder import SMALL_OVERRIDES
+    from helpers import SMALL_OVERRIDES
 
     seen = tmp_path / "seen"
     fractions = "data.fractions=[0.5,0.25,0.25]"  # 6 of 12 members: 18 items, 9 per rank

@@ -1,4 +1,5 @@
-"""A cohort: the members of one zoo that are analysed together, with a label for legends."""
+"""A cohort: the members of one zoo that are analysed together, with a label for legends; and
+whether two zoos' members compare layer by layer (:func:`architecture_mismatch`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,14 @@ from weightspace.errors import ConfigError
 from weightspace.nets.spec import MLPSpec, Params
 from weightspace.zoo.store import Zoo
 from weightspace.zoo.tasks import Task
+
+
+def architecture_mismatch(a: MLPSpec, b: MLPSpec) -> str:
+    """Why the members of two zoos cannot be compared layer by layer ('' when their widths
+    agree): a section's reason to be skipped."""
+    if a.widths == b.widths:
+        return ""
+    return f"the two zoos have different architectures ({list(a.widths)} vs {list(b.widths)})."
 
 
 @dataclass(frozen=True, eq=False)

@@ -18,6 +18,7 @@ from scipy.stats import spearmanr
 from weightspace import symmetry as S
 from weightspace.analysis import measures as M
 from weightspace.analysis.cohort import Cohort
+from weightspace.nets.layout import flatten_params, weight_distance
 
 
 def choose_pairs(
@@ -78,8 +79,8 @@ def pair_measures(
         p = sub.weights(e)
         a = {k: v[ia] for k, v in p.items()}
         b = {k: v[ib] for k, v in p.items()}
-        flat = S.flatten(p, spec)
-        canon = S.flatten(S.canonicalize(p, spec)[0], spec)
+        flat = flatten_params(p, spec)
+        canon = flatten_params(S.canonicalize(p, spec)[0], spec)
         match = S.weight_matching(a, b, spec, max_iter=max_iter, seed=seed)
         aligned = S.apply_transform(a, spec, match.transform)
         y = M.outputs(p, x, spec)  # (N, B, C)
@@ -87,9 +88,11 @@ def pair_measures(
         with torch.no_grad():
             hidden = S.hidden_activations(p, x, spec)
         out["by_epoch"][str(e)] = {
-            "distance_raw": S.weight_distance(flat[ia], flat[ib]),
-            "distance_canonical": S.weight_distance(canon[ia], canon[ib]),
-            "distance_aligned": S.weight_distance(S.flatten(aligned, spec), S.flatten(b, spec)),
+            "distance_raw": weight_distance(flat[ia], flat[ib]),
+            "distance_canonical": weight_distance(canon[ia], canon[ib]),
+            "distance_aligned": weight_distance(
+                flatten_params(aligned, spec), flatten_params(b, spec)
+            ),
             **f,
             "cka": [M.linear_cka(h[ia], h[ib]) for h in hidden],
             "test_acc": sub.metric("test_acc", e),

@@ -113,7 +113,7 @@ def draw_weight_distributions(data: Mapping[str, Any], spec: MLPSpec, n_members:
                     lw=1.4,
                     label=f"epoch {e}",
                 )
-            ax.set_title(f"Layer {l + 1} ({spec.widths[l]}→{spec.widths[l + 1]})")
+            ax.set_title(f"Layer {P.layer_name(spec.widths, l)}")
             ax.set_xlabel("weight value (dimensionless)")
             ax.set_ylabel("density (per unit weight)")
         handles, labels = axes[0].get_legend_handles_labels()
@@ -134,7 +134,7 @@ def draw_spectra(data: Mapping[str, Any], spec: MLPSpec, n_members: int) -> Figu
                 k = np.arange(1, len(q["median"]) + 1)
                 P.band(ax, k, q, colors[i % len(colors)], f"epoch {e}", marker="")
             P.log_y(ax)
-            ax.set_title(f"Layer {l + 1} ({spec.widths[l]}→{spec.widths[l + 1]})")
+            ax.set_title(f"Layer {P.layer_name(spec.widths, l)}")
             ax.set_xlabel("index i (largest first)")
             ax.set_ylabel(r"singular value $\sigma_i$ (dimensionless)")
         handles, labels = axes[0].get_legend_handles_labels()
@@ -408,7 +408,7 @@ def write(m: Mapping[str, Any]) -> Section:
     for l in range(spec.n_layers):
         rows.append(
             {
-                "layer": f"{l + 1} ({spec.widths[l]}→{spec.widths[l + 1]})",
+                "layer": P.layer_name(spec.widths, l),
                 "||W||_F": _range(prof["weight"], -1, l),
                 "||b||": _range(prof["bias"], -1, l) if spec.bias else "–",
                 "||W||_F / ||b||": _range(prof["ratio"], -1, l) if spec.bias else "–",

@@ -1,6 +1,6 @@
 """The report's figure style, shared by every question module: rc settings, colours, and the
 few drawing helpers the figures have in common (panels, legend, median-and-IQR band, log axes,
-layer ticks, box plots, norm-against-depth panels).
+layer names and ticks, box plots, norm-against-depth panels).
 
 Figures are built on :class:`matplotlib.figure.Figure` directly (no pyplot state, no display
 needed) with a constrained layout, so titles, labels and legends do not overlap. Weights have
@@ -98,6 +98,11 @@ def log_y(ax) -> None:
     ax.yaxis.set_minor_formatter(mticker.NullFormatter())
 
 
+def layer_name(widths: Sequence[int], l: int) -> str:
+    """Layer ``l`` (from 0) as the report names it: ``"1 (64→16)"``, number then inputs → units."""
+    return f"{l + 1} ({widths[l]}→{widths[l + 1]})"
+
+
 def layer_ticks(ax, widths: Sequence[int]) -> None:
     """x axis of layers 1..L, each labelled with its inputs → units."""
     n = len(widths) - 1
@@ -184,6 +189,7 @@ __all__ = [
     "box",
     "epoch_colors",
     "figure",
+    "layer_name",
     "layer_ticks",
     "legend",
     "log_y",

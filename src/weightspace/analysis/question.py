@@ -31,6 +31,11 @@ class Inputs:
     seed: int = 0
     run: Run | None = None
 
+    @property
+    def zoos(self) -> list[Zoo]:
+        """The zoos given: ``zoo``, then ``compare_zoo``, each if set."""
+        return [z for z in (self.zoo, self.compare_zoo) if z is not None]
+
 
 @dataclass(frozen=True)
 class Question:

@@ -5,32 +5,22 @@ report goes to ``out`` as ``report.html`` (figures embedded), one PNG per figure
 ``figures.json`` with every figure's numbers, and to W&B with ``logger=wandb``.
 
 Presets (``conf/experiment/analysis/*.yaml``) can make their zoos first: ``generate.<key>``
-lists named candidate zoo configs (overrides of ``conf/generate.yaml``, usually one zoo preset
-by name: ``[experiment=zoo/NAME]``, ``conf/experiment/zoo/NAME.yaml``) for ``zoo`` or
-``compare_zoo``; when that key is null, the first candidate whose task data is on disk is
-generated (or resumed, or found finished) and analysed. A path given on the command line
+names candidate zoos (each a zoo preset's name, ``conf/experiment/zoo/NAME.yaml``, or a list of
+``conf/generate.yaml`` overrides) for ``zoo`` or ``compare_zoo``; when that key is null, the
+first candidate whose task data is on disk is generated (or resumed, or found finished) and
+analysed. A path given on the command line
 wins over the preset's zoo.
 
 ``autoencoder=RUN`` (a run folder, a run name under ``paths.log_dir``, or ``latest``;
 :func:`weightspace.autoencoder.run.resolve_run`) is loaded before anything else, so a bad value
 fails at once; with no ``zoo`` the run's zoo (its parent, for a derived zoo) is analysed.
-
-**Why the config is composed from a folder of links.** ``conf/`` holds the generator's
-``zoo`` group and the autoencoder's ``autoencoder`` folder, and Hydra reads a command-line
-``zoo=PATH`` whose key names a config group as a group choice ("Could not override 'zoo'").
-The analysis therefore composes ``conf/analyze.yaml`` from a temporary folder that links only
-the files it uses (``analyze.yaml``, ``paths/``, ``logger/``, ``experiment/analysis/``), so
-``zoo=PATH`` and ``autoencoder=RUN`` are plain values; the YAML files stay where they are.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,68 +32,34 @@ from weightspace.analysis.sections import SECTIONS, Inputs
 from weightspace.autoencoder.run import Run, load_run, resolve_run
 from weightspace.config import CONF_DIR, to_dict
 from weightspace.errors import ConfigError, DataError, ZooError
-from weightspace.zoo.store import MANIFEST, Zoo
+from weightspace.zoo.store import Zoo, resolve_zoo
 
 log = logging.getLogger(__name__)
 
 CONFIG_NAME = "analyze"
-# What conf/analyze.yaml composes from (see the module docs).
-CONFIG_LINKS = ("analyze.yaml", "paths", "logger", "experiment/analysis")
 
 
 # --------------------------------------------------------------------------- config
-@contextmanager
-def config_dir() -> Iterator[Path]:
-    """A temporary config folder linking the parts of ``conf/`` the analysis composes."""
-    with tempfile.TemporaryDirectory(prefix="weightspace-analyze-conf-") as tmp:
-        root = Path(tmp)
-        for rel in CONFIG_LINKS:
-            link = root / rel
-            link.parent.mkdir(parents=True, exist_ok=True)
-            target = CONF_DIR / rel
-            os.symlink(target, link, target_is_directory=target.is_dir())
-        yield root
-
-
 def compose_config(*overrides: str) -> DictConfig:
     """``conf/analyze.yaml`` with ``overrides``, as the command line would compose it."""
     from hydra import compose, initialize_config_dir
 
-    with config_dir() as d, initialize_config_dir(str(d), version_base="1.3"):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         return compose(CONFIG_NAME, overrides=list(overrides))
 
 
-@contextmanager
-def _own_global_hydra() -> Iterator[None]:
-    """Lend Hydra's global instance to a nested ``initialize_config_dir`` and give the
-    running app's back afterwards (public API: what Hydra's "already initialized" error
-    suggests). Outside an app this does nothing."""
-    from hydra.core.global_hydra import GlobalHydra
-
-    gh = GlobalHydra.instance()
-    app = gh.hydra if gh.is_initialized() else None
-    gh.clear()
-    try:
-        yield
-    finally:
-        GlobalHydra.instance().clear()
-        if app is not None:
-            GlobalHydra.instance().initialize(app)
-
-
 def compose_generate(overrides: list[str]) -> DictConfig:
-    """``conf/generate.yaml`` with ``overrides``, also inside a running Hydra app.
-
-    ``hydra.compose`` uses the global Hydra instance, which a running ``@hydra.main`` app
-    holds with its own search path: it is set aside while ``conf/`` is composed
-    (:func:`_own_global_hydra`).
-    """
+    """``conf/generate.yaml`` with ``overrides``, inside a running Hydra app (which composes
+    from the same config root) or outside one."""
     from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        with _own_global_hydra(), initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        if GlobalHydra.instance().is_initialized():
+            return compose("generate", overrides=list(overrides))
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
             return compose("generate", overrides=list(overrides))
     except (HydraException, OmegaConfBaseException, ValueError) as e:
         raise ConfigError(f"{' '.join(overrides)}: {e}".replace("\n", " ")) from e
@@ -117,15 +73,12 @@ def _value(cfg: DictConfig, key: str) -> Any:
         return None
 
 
-def resolve_zoo(value: str | os.PathLike, zoo_dir: str | os.PathLike, key: str) -> Path:
-    """A zoo folder, or a zoo name under ``paths.zoo_dir``; must be a finished zoo."""
-    path = Path(str(value)).expanduser()
-    if not path.is_absolute() and not path.exists():
-        path = Path(zoo_dir) / path
-    path = path.resolve()
-    if not (path / MANIFEST).exists():
-        raise ZooError(f"{key}: {path} is not a finished zoo (no {MANIFEST})")
-    return path
+def zoo_overrides(candidate: str | Sequence[str]) -> list[str]:
+    """A candidate zoo of a preset as ``conf/generate.yaml`` overrides: a zoo preset's name
+    (``conf/experiment/zoo/NAME.yaml``) or a list of overrides."""
+    if isinstance(candidate, str):
+        return [f"experiment=zoo/{candidate}"]
+    return [str(o) for o in candidate]
 
 
 def make_zoos(cfg: DictConfig) -> tuple[dict[str, Path], list[str]]:
@@ -140,9 +93,13 @@ def make_zoos(cfg: DictConfig) -> tuple[dict[str, Path], list[str]]:
         if _value(cfg, key) is not None:
             continue  # a path given explicitly wins over the preset's zoo
         if not isinstance(candidates, Mapping) or not candidates:
-            raise ConfigError(f"generate.{key}: expected named lists of generate.yaml overrides")
+            raise ConfigError(
+                f"generate.{key}: expected named zoo presets (conf/experiment/zoo/) or lists of "
+                "generate.yaml overrides"
+            )
         tried = []
-        for name, overrides in candidates.items():
+        for name, candidate in candidates.items():
+            overrides = zoo_overrides(candidate)
             base = [
                 *(
                     f"paths.{k}={cfg.paths[k]}"
@@ -293,13 +250,11 @@ def cli() -> None:
 
     from weightspace.cli import run_or_exit
 
-    with config_dir() as d:
+    @hydra.main(config_path=str(CONF_DIR), config_name=CONFIG_NAME, version_base="1.3")
+    def main(cfg: DictConfig) -> None:
+        print(summary_text(run_or_exit(analyze, cfg)))
 
-        @hydra.main(config_path=str(d), config_name=CONFIG_NAME, version_base="1.3")
-        def main(cfg: DictConfig) -> None:
-            print(summary_text(run_or_exit(analyze, cfg)))
-
-        main()
+    main()
 
 
-__all__ = ["analyze", "cli", "compose_config", "compose_generate", "make_zoos"]
+__all__ = ["analyze", "cli", "compose_config", "compose_generate", "make_zoos", "zoo_overrides"]

@@ -21,7 +21,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from weightspace.analysis import plotting as P
-from weightspace.analysis.cohort import Cohort
+from weightspace.analysis.cohort import Cohort, architecture_mismatch
 from weightspace.analysis.cohort_stats import symmetry_measures
 from weightspace.analysis.question import Inputs, Question, arr, num, pct, report_figure
 from weightspace.analysis.report import Section, Table
@@ -308,7 +308,7 @@ def write(r: Mapping[str, Any]) -> Section:
             rows.append(
                 {
                     "zoo": c["label"],
-                    "layer": f"{l + 1} ({widths[l]}→{widths[l + 1]})",
+                    "layer": P.layer_name(widths, l),
                     "distinct units (first)": _minmax(c, 0, l) if hidden else "– (output)",
                     "distinct units (last)": _minmax(c, -1, l) if hidden else "– (output)",
                     "effective rank (last)": num(arr(c["rank_median"])[-1][l]),
@@ -346,8 +346,7 @@ def write(r: Mapping[str, Any]) -> Section:
 def section(inp: Inputs, opts: Mapping[str, Any]) -> Section:
     """Section 3 of the report (skipped without constant-init members next to random-init
     ones of the same architecture)."""
-    zoos = [z for z in (inp.zoo, inp.compare_zoo) if z is not None]
-    rand, const = constant_split(zoos)
+    rand, const = constant_split(inp.zoos)
     if rand is None or const is None:
         missing = "constant-init" if const is None else "random-init"
         return QUESTION.skipped(
@@ -355,11 +354,8 @@ def section(inp: Inputs, opts: Mapping[str, Any]) -> Section:
             "zoo.hparams.init=constant as zoo or compare_zoo (experiment=analysis/"
             "symmetry_breaking makes both).",
         )
-    if rand.spec.widths != const.spec.widths:
-        return QUESTION.skipped(
-            f"the two zoos have different architectures ({list(rand.spec.widths)} vs "
-            f"{list(const.spec.widths)}).",
-        )
+    if why := architecture_mismatch(rand.spec, const.spec):
+        return QUESTION.skipped(why)
     return write(measure(rand, const, opts))
 
 

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 
 from weightspace.analysis import measures as M
 from weightspace.analysis import plotting as P
-from weightspace.analysis.cohort import Cohort
+from weightspace.analysis.cohort import Cohort, architecture_mismatch
 from weightspace.analysis.cohort_stats import (
     learning_curves,
     scale_names,
@@ -85,7 +85,7 @@ def draw_wn_scales(data: Mapping[str, Any], log_bins: Sequence[bool], spec: MLPS
             for name, (color, ls) in series.items():
                 share = layer["series"][name]["percent"]
                 ax.stairs(share, layer["edges"], color=color, ls=ls, lw=1.5, label=name)
-            ax.set_title(f"Layer {l + 1} ({spec.widths[l]}→{spec.widths[l + 1]})")
+            ax.set_title(f"Layer {P.layer_name(spec.widths, l)}")
             if log_bins[l]:
                 ax.set_xscale("log")
                 ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
@@ -344,20 +344,16 @@ def write(m: Mapping[str, Any]) -> Section:
 def section(inp: Inputs, opts: Mapping[str, Any]) -> Section:
     """Section 4 of the report (skipped without a weight-normalized and a plain zoo of the
     same architecture)."""
-    zoos = [z for z in (inp.zoo, inp.compare_zoo) if z is not None]
-    wn = [z for z in zoos if z.spec.weight_norm]
-    plain = [z for z in zoos if not z.spec.weight_norm]
+    wn = [z for z in inp.zoos if z.spec.weight_norm]
+    plain = [z for z in inp.zoos if not z.spec.weight_norm]
     if not wn or not plain:
         missing = "weight-normalized" if not wn else "plain"
         return QUESTION.skipped(
             f"needs a {missing} zoo next to the other (model.weight_norm=true / false), as zoo "
             "and compare_zoo (experiment=analysis/weight_norm makes both).",
         )
-    if wn[0].spec.widths != plain[0].spec.widths:
-        return QUESTION.skipped(
-            f"the two zoos have different architectures ({list(wn[0].spec.widths)} vs "
-            f"{list(plain[0].spec.widths)}).",
-        )
+    if why := architecture_mismatch(wn[0].spec, plain[0].spec):
+        return QUESTION.skipped(why)
     return write(measure(wn[0], plain[0], opts))
 
 

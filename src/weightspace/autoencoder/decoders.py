@@ -1,7 +1,7 @@
 """Decoders: latents ``(N, latent_width)`` -> normalized flat weights ``(N, D)``.
 
 Built like the encoders from a ``_target_`` + ``_partial_: true`` config
-(``conf/autoencoder/decoder/``), called by the model as ``partial(spec, latent_width)``.
+(``conf/decoder/``), called by the model as ``partial(spec, latent_width)``.
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 """Encoders: normalized flat weights ``(N, D)`` -> latents ``(N, latent_dim)``.
 
-Each is built from a ``_target_`` + ``_partial_: true`` config (``conf/autoencoder/encoder/``)
+Each is built from a ``_target_`` + ``_partial_: true`` config (``conf/encoder/``)
 that :class:`~weightspace.autoencoder.module.WeightAutoencoder` calls as
 ``partial(spec, latent_dim)`` — or, if the class sets ``reads_outputs``, the encoder maps the
 network's outputs on the model's probe inputs ``(N, n_probe, out)`` and the partial also gets
 ``n_probe``. An equivariant encoder over each layer's weight tensor (neural functionals, then
 invariant pooling) follows the same interface: add its class here and a
-``conf/autoencoder/encoder/<kind>.yaml`` naming it.
+``conf/encoder/<kind>.yaml`` naming it.
 """
 
 from __future__ import annotations

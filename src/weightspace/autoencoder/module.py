@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,7 @@ from weightspace.data.datamodule import WeightDataModule
 from weightspace.data.normalizer import LayerNormalizer
 from weightspace.errors import ConfigError
 from weightspace.features import FeatureSpec
-from weightspace.nets.forward import forward
+from weightspace.nets.forward import forward, forward_groups
 from weightspace.nets.layout import flatten_params, tokens_to_params, unflatten_params
 from weightspace.nets.spec import MLPSpec, Params
 
@@ -388,15 +389,10 @@ class WeightAutoencoder(pl.LightningModule):
         params = unflatten_params(self.denormalize(flat), self.spec)
         if activation is None or len(self.activations) == 1:
             return forward(params, self.probe_inputs, self.spec)
+        specs = [replace(self.spec, activation=self.activations[c]) for c in activation.tolist()]
         out = flat.new_empty(len(flat), len(self.probe_inputs), self.spec.widths[-1])
-        for code in activation.unique().tolist():
-            sel = activation == code
-            out[sel] = forward(
-                {n: p[sel] for n, p in params.items()},
-                self.probe_inputs,
-                self.spec,
-                self.activations[code],
-            )
+        for idx, y in forward_groups(params, self.probe_inputs, specs):
+            out[idx] = y
         return out
 
     def functional_loss(self, pred: Tensor, target: Tensor) -> Tensor:

@@ -3,7 +3,7 @@
 - :class:`FeatureUse`: how the model uses the hand-made invariant features (one flat dict in
   the hyperparameters).
 - Encoders and decoders from their configs (:func:`part_factory`): ``_target_`` (a class in
-  weightspace) + options, a plain dict as Hydra composes it from ``conf/autoencoder/encoder/``
+  weightspace) + options, a plain dict as Hydra composes it from ``conf/encoder/``
   or ``decoder/`` and as the model saves it among its hyperparameters::
 
       {"_target_": "weightspace.autoencoder.encoders.MLPEncoder", "_partial_": True,
@@ -110,9 +110,7 @@ def part_factory(what: str, config: Mapping[str, Any]) -> functools.partial:
     if not target:
         kind = config.get("kind")
         label = f"{what}.kind: '{kind}' is a label only; " if kind else f"{what}: "
-        raise ConfigError(
-            f"{label}give {what}._target_, the part's class (conf/autoencoder/{what}/*.yaml)"
-        )
+        raise ConfigError(f"{label}give {what}._target_, the part's class (conf/{what}/*.yaml)")
     if not str(target).startswith("weightspace."):
         raise ConfigError(f"{what}._target_: '{target}' is not a class of weightspace")
     try:

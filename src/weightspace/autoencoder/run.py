@@ -143,37 +143,6 @@ class Run:
             f"{self.checkpoint.name})"
         )
 
-    def evaluation(self) -> dict[str, Any] | None:
-        """The run's end-of-training evaluation (``evaluation/``), or None if it has none:
-        ``table`` (the probe / baseline table as a DataFrame, from ``table.md``), ``probes``
-        and ``reconstruction`` (from the CSVs), ``info`` and ``generation`` (results.json)."""
-        folder = self.path / EVALUATION_DIR
-        if not (folder / "table.md").is_file():
-            return None
-        out: dict[str, Any] = {"table": read_markdown_table(folder / "table.md")}
-        if (folder / "probes.csv").is_file():
-            out["probes"] = pd.read_csv(folder / "probes.csv")
-        if (folder / "reconstruction.csv").is_file():
-            out["reconstruction"] = pd.read_csv(folder / "reconstruction.csv")
-        if (folder / "results.json").is_file():
-            res = json.loads((folder / "results.json").read_text())
-            out["info"] = res.get("info", {})
-            out["generation"] = res.get("generation", {})
-        return out
-
-
-def read_markdown_table(path: Path) -> pd.DataFrame:
-    """A pipe table (header, separator, rows) as a DataFrame of strings."""
-    rows = [
-        [c.strip() for c in line.strip().strip("|").split("|")]
-        for line in path.read_text().splitlines()
-        if line.strip().startswith("|")
-    ]
-    rows = [r for r in rows if not all(set(c) <= set("-: ") for c in r)]  # the separator
-    if not rows:
-        raise ConfigError(f"autoencoder: {path} holds no table")
-    return pd.DataFrame(rows[1:], columns=rows[0])
-
 
 def load_run(run_dir: str | Path, checkpoint: str = "best") -> Run:
     """Rebuild an autoencoder run's model and datamodule (see the module docs).
@@ -304,6 +273,5 @@ __all__ = [
     "encode_zoo",
     "find_runs",
     "load_run",
-    "read_markdown_table",
     "resolve_run",
 ]

@@ -1,9 +1,8 @@
 """Autoencoder training: ``train(cfg)`` fits a :class:`WeightAutoencoder` on a zoo.
 
-``scripts/train_autoencoder.py`` is a thin Hydra wrapper around it; tests call it directly. The
-configs are in ``conf/autoencoder/`` (:data:`CONFIG_DIR`, primary config ``train_autoencoder``),
-a config root of their own because the generator's ``zoo`` group in ``conf/`` would turn
-``zoo=PATH`` into a group choice. A run folder holds everything a run writes::
+``scripts/train_autoencoder.py`` is a thin Hydra wrapper around it; tests call it directly. Its
+primary config is ``conf/train_autoencoder.yaml`` (:data:`CONFIG_NAME` in :data:`CONFIG_DIR`, the
+one config root every entry point shares). A run folder holds everything a run writes::
 
     <run_dir>/
       run.json              zoo path and the W&B run id (a resumed run continues that W&B run)
@@ -26,7 +25,6 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-import wandb
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
@@ -43,10 +41,11 @@ from weightspace.data.datamodule import WeightDataModule
 from weightspace.errors import ConfigError, ZooError
 from weightspace.tracking import wandb_mode
 from weightspace.zoo.store import MANIFEST
+from weightspace.zoo.store import resolve_zoo as resolve_zoo_folder
 
 log = logging.getLogger(__name__)
 
-CONFIG_DIR = CONF_DIR / "autoencoder"
+CONFIG_DIR = CONF_DIR
 CONFIG_NAME = "train_autoencoder"
 
 
@@ -59,12 +58,7 @@ def resolve_zoo(cfg: DictConfig) -> Path:
         zoo = None
     if not zoo:
         raise ConfigError("zoo: required, a zoo folder or a name under paths.zoo_dir")
-    parent = Path(str(zoo)).expanduser()
-    if not parent.is_absolute() and not parent.exists():
-        parent = Path(cfg.paths.zoo_dir) / parent
-    parent = parent.resolve()
-    if not (parent / MANIFEST).exists():
-        raise ZooError(f"zoo: {parent} is not a finished zoo (no {MANIFEST})")
+    parent = resolve_zoo_folder(zoo, cfg.paths.zoo_dir, "zoo")
     derived = cfg.canon.get("derived")
     if not derived:
         return parent
@@ -187,34 +181,15 @@ def build_callbacks(run_dir: Path) -> list[Callback]:
 
 def _evaluate(
     cfg: DictConfig, model: WeightAutoencoder, datamodule: WeightDataModule, run_dir: Path
-) -> dict[str, Any] | None:
-    """End-of-training evaluation on the held-out members (:mod:`weightspace.evaluation`):
-    probes against the baselines, reconstruction, generation. Written to
-    ``run_dir/evaluation/`` and logged to W&B as tables, on rank zero only."""
+) -> Any:
+    """End-of-training evaluation on the held-out members, on rank zero only: ``cfg.evaluator``
+    (a later stage's function, :func:`weightspace.evaluation.run.evaluate_run` by default,
+    named by ``_target_`` so that this stage does not import it) called with the model, the
+    datamodule, the run folder and the seed."""
     if not cfg.get("evaluate", False) or not rank_zero_only.rank == 0:
         return None
-    from weightspace.evaluation import evaluate_autoencoder
-    from weightspace.evaluation.results import write_results
-
-    results = evaluate_autoencoder(model, datamodule, seed=int(cfg.seed))
-    write_results(results, run_dir / "evaluation")
-    if wandb.run is not None:
-        rec = results["reconstruction"].reset_index(names="model")
-        wandb.log(
-            {
-                "eval/probes": wandb.Table(dataframe=results["probes"]),
-                "eval/comparisons": wandb.Table(dataframe=results["comparisons"]),
-                "eval/reconstruction": wandb.Table(dataframe=rec),
-            }
-        )
-        wandb.run.summary.update(
-            {
-                f"eval/generation/{k}": v
-                for k, v in results["generation"].items()
-                if isinstance(v, (int, float))
-            }
-        )
-    return results
+    evaluator = instantiate(cfg.evaluator)
+    return evaluator(model=model, datamodule=datamodule, run_dir=run_dir, seed=int(cfg.seed))
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -277,52 +252,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 # The reconstruction columns printed at the end of a run: test accuracy of the originals and of
 # the decoded networks, their ratio, label agreement, mean per-tensor weight R².
-RECONSTRUCTION_COLUMNS = (
-    "n_networks",
-    "orig_acc",
-    "recon_acc",
-    "acc_retention_of_means",
-    "agreement",
-    "r2_mean",
-)
-
-
-def summarize_evaluation(results: dict[str, Any], run_dir: Path) -> str:
-    """The results table and the headline reconstruction / generation numbers, for print."""
-    from weightspace.evaluation.tables import format_comparisons
-
-    rec = results["reconstruction"]
-    gen = results["generation"]
-    lines = [
-        "",
-        "Held-out members: probes from each representation (R2 for numbers, accuracy for",
-        "categories), the same probe family on each:",
-        "",
-        results["table"],
-        "",
-        "The latent against each baseline, same probe family: difference of the scores and its",
-        "95% interval (paired bootstrap over held-out members; better / worse when it excludes 0):",
-        "",
-        format_comparisons(results["comparisons"]),
-        "",
-        "Reconstruction of the held-out networks (all checkpoints, then per checkpoint epoch;",
-        "every column in reconstruction.csv):",
-        rec[[c for c in RECONSTRUCTION_COLUMNS if c in rec]].to_string(
-            float_format=lambda v: f"{v:.3f}"
-        ),
-        "",
-        "Generation: "
-        + ", ".join(
-            f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
-            for k, v in gen.items()
-            if isinstance(v, (int, float, bool))
-        ),
-        "",
-        f"written to {run_dir / 'evaluation'}",
-    ]
-    return "\n".join(lines)
-
-
 def objective(cfg: DictConfig, metrics: dict[str, Any]) -> float | None:
     """``metrics[cfg.optimized_metric]``: the value a sweeper optimizes (None if unset)."""
     key = cfg.get("optimized_metric")
@@ -345,8 +274,8 @@ def cli() -> None:
         metrics = run_or_exit(train, cfg)
         if rank_zero_only.rank == 0:  # DDP: the other ranks run this too
             print(json.dumps({k: v for k, v in metrics.items() if k != "evaluation"}, indent=2))
-            if "evaluation" in metrics:
-                print(summarize_evaluation(metrics["evaluation"], Path(metrics["run_dir"])))
+            if "evaluation" in metrics:  # the evaluator's results say how they read
+                print(metrics["evaluation"].summary(Path(metrics["run_dir"])))
         # A sweeper (hydra/sweeper=optuna_search) minimizes what the job returns.
         return run_or_exit(objective, cfg, metrics)
 

@@ -6,9 +6,9 @@
 - :func:`reconstruction_table`: those metrics for each model's decoded test split (the
   autoencoder, the PCA of the same width), overall and per checkpoint epoch.
 
-Networks run through the reference forward (:func:`weightspace.nets.forward.forward`) in
-float32, in chunks of members that keep the widest activation ``(m, B, width)`` within a
-budget of entries; the whole test set is one batch.
+Networks run through the reference forward (:func:`weightspace.nets.forward.forward_groups`,
+each activation's members with their own spec) in float32, in chunks of members that keep the
+widest activation ``(m, B, width)`` within a budget of entries; the whole test set is one batch.
 """
 
 from __future__ import annotations
@@ -23,23 +23,10 @@ from torch import Tensor
 from weightspace.data.datamodule import WeightDataModule
 from weightspace.evaluation.scores import as_2d, kendall, nanmean, r2
 from weightspace.evaluation.splits import SplitData, to_params
-from weightspace.nets.forward import effective_params, forward
+from weightspace.nets.forward import effective_params, forward_groups
 from weightspace.nets.metrics import per_example_loss
 from weightspace.nets.spec import MLPSpec
 from weightspace.zoo.tasks import Task
-
-
-def _spec_groups(spec: MLPSpec | Sequence[MLPSpec], n: int) -> list[tuple[MLPSpec, Tensor]]:
-    """(spec, member indices) per activation: one spec for all, or one spec per member."""
-    if isinstance(spec, MLPSpec):
-        return [(spec, torch.arange(n))]
-    specs = list(spec)
-    if len(specs) != n:
-        raise ValueError(f"{len(specs)} specs for {n} networks")
-    groups: dict[MLPSpec, list[int]] = {}
-    for i, s in enumerate(specs):
-        groups.setdefault(s, []).append(i)
-    return [(s, torch.tensor(idx)) for s, idx in groups.items()]
 
 
 def _n_members(params: Mapping[str, Tensor]) -> int:
@@ -49,14 +36,11 @@ def _n_members(params: Mapping[str, Tensor]) -> int:
 def _outputs(
     params: Mapping[str, Tensor], spec: MLPSpec | Sequence[MLPSpec], x: Tensor, budget: int
 ) -> Iterator[tuple[np.ndarray, Tensor]]:
-    """(member indices, outputs (m, B, out)) in chunks: per spec group, as many members as
-    keep the widest activation within ``budget`` entries. The chunking depends only on
-    ``spec`` and the number of networks, so two populations chunk alike."""
-    for s, idx in _spec_groups(spec, _n_members(params)):
-        chunk = max(1, budget // (len(x) * max(s.widths[1:])))
-        for lo in range(0, len(idx), chunk):
-            sel = idx[lo : lo + chunk]
-            yield sel.numpy(), forward({k: v[sel].float() for k, v in params.items()}, x, s)
+    """(member indices, outputs (m, B, out)) in float32, in the chunks of
+    :func:`~weightspace.nets.forward.forward_groups` (within ``budget`` entries)."""
+    params = {k: v.float() for k, v in params.items()}
+    for idx, out in forward_groups(params, x, spec, budget):
+        yield idx.numpy(), out
 
 
 @torch.no_grad()

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from weightspace.evaluation.compare import COMPARISON_COLUMNS
-from weightspace.evaluation.tables import format_table, probe_summary
+from weightspace.evaluation.tables import format_table, probe_summary, summarize_evaluation
 
 FILES = {
     "probes": "probes.csv",
@@ -70,6 +70,11 @@ class EvalResults(Mapping[str, Any]):
     def table(self) -> str:
         """The probe table for people (:func:`~weightspace.evaluation.tables.format_table`)."""
         return format_table(self.probes)
+
+    def summary(self, run_dir: str | Path) -> str:
+        """What the training command prints: the tables and headline numbers of a run's
+        evaluation (:func:`~weightspace.evaluation.tables.summarize_evaluation`)."""
+        return summarize_evaluation(self, run_dir)
 
     def probe_summary(self) -> pd.DataFrame:
         """The cells of :attr:`table` as a DataFrame of strings (no markdown parsed)."""

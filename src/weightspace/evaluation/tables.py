@@ -9,10 +9,14 @@ and :func:`probe_summary` gives the probe table's cells as a DataFrame without a
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from weightspace.autoencoder.run import EVALUATION_DIR
 
 # The headline family of each probe: linear probes (ridge, logistic) side by side.
 PROBE_FAMILY = {"ridge": "linear", "logistic": "linear", "boosting": "boosting", "constant": ""}
@@ -106,3 +110,48 @@ def format_frame(df: pd.DataFrame) -> str:
 
     body = [[fmt(v) for v in row] for row in df.itertuples(index=False)]
     return markdown(list(df.columns), body, pad=False)
+
+
+# The reconstruction columns the summary prints (reconstruction.csv has them all).
+RECONSTRUCTION_COLUMNS = (
+    "n_networks",
+    "orig_acc",
+    "recon_acc",
+    "acc_retention_of_means",
+    "agreement",
+    "r2_mean",
+)
+
+
+def summarize_evaluation(results: Mapping[str, Any], run_dir: str | Path) -> str:
+    """The results table and the headline reconstruction / generation numbers, for print."""
+    rec = results["reconstruction"]
+    gen = results["generation"]
+    lines = [
+        "",
+        "Held-out members: probes from each representation (R2 for numbers, accuracy for",
+        "categories), the same probe family on each:",
+        "",
+        results["table"],
+        "",
+        "The latent against each baseline, same probe family: difference of the scores and its",
+        "95% interval (paired bootstrap over held-out members; better / worse when it excludes 0):",
+        "",
+        format_comparisons(results["comparisons"]),
+        "",
+        "Reconstruction of the held-out networks (all checkpoints, then per checkpoint epoch;",
+        "every column in reconstruction.csv):",
+        rec[[c for c in RECONSTRUCTION_COLUMNS if c in rec]].to_string(
+            float_format=lambda v: f"{v:.3f}"
+        ),
+        "",
+        "Generation: "
+        + ", ".join(
+            f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+            for k, v in gen.items()
+            if isinstance(v, (int, float, bool))
+        ),
+        "",
+        f"written to {Path(run_dir) / EVALUATION_DIR}",
+    ]
+    return "\n".join(lines)

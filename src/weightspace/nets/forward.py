@@ -3,12 +3,13 @@
 :func:`forward` serves zoo training, evaluation, the autoencoder's functional loss and the
 analyses. :class:`MLP` is the same network as a plain module, so that a single zoo member loads
 with ``load_state_dict(strict=True)``. The fast paths of zoo training (hand backward, fused
-kernel, classes-first forward) are tested against :func:`forward`.
+kernel, classes-first forward) are tested against :func:`forward`. :func:`forward_groups` runs
+a population mixing activations, each activation's members with their own spec.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -70,6 +71,40 @@ def forward(
         if l < spec.n_layers - 1:
             h = act(h)
     return h
+
+
+def spec_groups(specs: MLPSpec | Sequence[MLPSpec], n: int) -> list[tuple[MLPSpec, Tensor]]:
+    """``(spec, member indices)`` per distinct spec of ``n`` stacked networks: ``specs`` is one
+    spec for all, or one per network (a population mixing activations). Groups come in order
+    of first appearance, indices ascending."""
+    if isinstance(specs, MLPSpec):
+        return [(specs, torch.arange(n))]
+    specs = list(specs)
+    if len(specs) != n:
+        raise ValueError(f"{len(specs)} specs for {n} networks")
+    groups: dict[MLPSpec, list[int]] = {}
+    for i, s in enumerate(specs):
+        groups.setdefault(s, []).append(i)
+    return [(s, torch.tensor(idx)) for s, idx in groups.items()]
+
+
+def forward_groups(
+    params: Mapping[str, Tensor],
+    x: Tensor,
+    specs: MLPSpec | Sequence[MLPSpec],
+    budget: int | None = None,
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """:func:`forward` of stacked networks that may differ in activation: ``(member indices
+    (m,), outputs (m, B, out))`` per :func:`spec_groups` group, each group through its own
+    spec. ``budget``: chunks of as many members as keep the widest activation ``(m, B,
+    width)`` within that many entries (None: a group at once). The chunking depends only on
+    ``specs`` and the number of networks, so two populations chunk alike."""
+    n = next(iter(params.values())).shape[0]
+    for s, idx in spec_groups(specs, n):
+        chunk = len(idx) if budget is None else max(1, budget // (len(x) * max(s.widths[1:])))
+        for lo in range(0, len(idx), chunk):
+            sel = idx[lo : lo + chunk]
+            yield sel, forward({k: v[sel] for k, v in params.items()}, x, s)
 
 
 class MLP(nn.Module):

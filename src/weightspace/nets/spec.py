@@ -9,7 +9,8 @@ A population of ``M`` MLPs is a dict of stacked tensors (:data:`Params`) keyed b
 With weight normalization (w = g * v / ||v||, one g per output neuron) the trained parameters
 are ``layers.{l}.weight_g`` (M, out) and ``layers.{l}.weight_v`` (M, out, in). The names are
 built by :func:`weight_name` / :func:`bias_name` and read back as ``(W, b)`` pairs by
-:func:`layers`; nothing else spells them out.
+:func:`layers`; nothing else spells them out. :class:`UnitTransform` is the record of a
+function-preserving map of each member (per-unit factors and permutations).
 """
 
 from __future__ import annotations
@@ -24,6 +25,21 @@ from torch import Tensor, nn
 from weightspace.errors import ConfigError
 
 Params = dict[str, Tensor]  # stacked tensors keyed by state_dict name, (M, ...) each
+
+
+@dataclass(frozen=True)
+class UnitTransform:
+    """A function-preserving map of each member: per-unit factors, then permutations.
+
+    perms: name -> (M, n) LongTensor. factors: name -> (M, n) (sign flips and/or positive
+    scales, in the member's own unit order), or None for none. Names are the hidden layers'
+    permutation names ``P_l``. A plain record, here because a derived zoo stores one per member
+    (:meth:`weightspace.zoo.store.Zoo.unit_transform`); the symmetry stage makes and applies
+    them (:mod:`weightspace.symmetry.transforms`).
+    """
+
+    perms: dict[str, Tensor]
+    factors: dict[str, Tensor] | None = None
 
 
 def weight_name(layer: int, part: str = "") -> str:

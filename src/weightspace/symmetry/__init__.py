@@ -108,11 +108,3 @@ __all__ = [
     "undo_transform",
     "weight_matching",
 ]
-
-# isort: off
-# Transitional, not part of the API: analysis still calls S.flatten / S.weight_distance
-# (flat vectors live in weightspace.nets.layout). Drop these names once it is re-pointed.
-from weightspace.nets.layout import flatten_params as flatten  # noqa: E402, F401
-from weightspace.nets.layout import unflatten_params as unflatten  # noqa: E402, F401
-from weightspace.nets.layout import weight_distance as weight_distance  # noqa: E402
-# isort: on

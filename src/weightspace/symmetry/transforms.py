@@ -4,7 +4,8 @@ A hidden unit multiplied by a factor ``f`` (incoming weights and bias times ``f`
 weights divided by ``f``) computes the same function whenever ``a(f z) = f a(z)``: ``f = -1``
 for odd activations (:data:`ODD_ACTIVATIONS`), any ``f > 0`` for positively homogeneous ones
 (:data:`HOMOGENEOUS_ACTIVATIONS`). Per-unit factors ``(M, n)`` are keyed by the permutation
-names ``P_l``. A :class:`UnitTransform` applies its factors first (in the member's own frame),
+names ``P_l``. A :class:`UnitTransform` (the record lives in :mod:`weightspace.nets.spec`, as
+a derived zoo stores them) applies its factors first (in the member's own frame),
 then its permutations; :func:`undo_transform` maps transformed weights (e.g. decoded ones)
 back to the member's frame.
 """
@@ -12,12 +13,11 @@ back to the member's frame.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from weightspace.nets.spec import MLPSpec, Params, bias_name, weight_name
+from weightspace.nets.spec import MLPSpec, Params, UnitTransform, bias_name, weight_name
 from weightspace.symmetry.permutations import (
     apply_permutation,
     checkpoint_permutation_spec,
@@ -78,18 +78,6 @@ def rescale_units(params: Params, spec: MLPSpec, factors: Mapping[str, Tensor]) 
                 g, v = g * (norm(v_new, dim=-1) / norm(v, dim=-1)), v_new
             out[g_name], out[v_name] = g, v
     return out
-
-
-@dataclass(frozen=True)
-class UnitTransform:
-    """A function-preserving map of each member: per-unit factors, then permutations.
-
-    perms: name -> (M, n) LongTensor. factors: name -> (M, n) (sign flips and/or positive
-    scales, in the member's own unit order), or None for none.
-    """
-
-    perms: dict[str, Tensor]
-    factors: dict[str, Tensor] | None = None
 
 
 def apply_transform(params: Params, spec: MLPSpec, t: UnitTransform) -> Params:

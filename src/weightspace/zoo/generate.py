@@ -126,7 +126,7 @@ def generate(cfg: DictConfig) -> ZooSummary:
     requested = list(zcfg.checkpoints or [])
     checkpoint_epochs(requested, 1)  # validate early
     device = resolve_device(str(cfg.get("device", "cpu")))
-    trainer = choose_trainer(spec, device, str(cfg.get("trainer", "auto")))
+    trainer = choose_trainer(spec, device, str(cfg.get("backend", "auto")), option="backend")
 
     job = zcfg.get("shard")
     n_jobs = 1 if zcfg.get("num_shards") is None else int(zcfg.num_shards)

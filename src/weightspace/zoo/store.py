@@ -36,7 +36,7 @@ from safetensors import safe_open
 from weightspace import __version__
 from weightspace.errors import ZooError
 from weightspace.nets.forward import MLP
-from weightspace.nets.spec import MLPSpec, Params
+from weightspace.nets.spec import MLPSpec, Params, UnitTransform
 from weightspace.zoo.files import (
     atomic_write_bytes,
     atomic_write_parquet,
@@ -208,6 +208,18 @@ class ZooWriter:
 
 
 # --------------------------------------------------------------------------- reading
+def resolve_zoo(value: str | os.PathLike, zoo_dir: str | os.PathLike, key: str = "zoo") -> Path:
+    """A finished zoo's folder from ``value``: a folder, or a zoo name under ``zoo_dir``
+    (``paths.zoo_dir``). ``key`` names the option in the error."""
+    path = Path(str(value)).expanduser()
+    if not path.is_absolute() and not path.exists():
+        path = Path(zoo_dir) / path
+    path = path.resolve()
+    if not (path / MANIFEST).exists():
+        raise ZooError(f"{key}: {path} is not a finished zoo (no {MANIFEST})")
+    return path
+
+
 def _unfinished_hint(root: Path) -> str:
     """Why a folder without a manifest is not a zoo yet, and what to run."""
     if not (root / "fingerprint.txt").exists():
@@ -402,12 +414,10 @@ class Zoo:
         """For a derived zoo (canonicalized or aligned): parent and transform, else None."""
         return self.manifest.get("derived_from")
 
-    def unit_transform(self, epoch: int, members: Iterable[int]):
-        """For a derived zoo: the :class:`~weightspace.symmetry.UnitTransform` that maps each
+    def unit_transform(self, epoch: int, members: Iterable[int]) -> UnitTransform:
+        """For a derived zoo: the :class:`~weightspace.nets.spec.UnitTransform` that maps each
         member's own weights at ``epoch`` to the stored ones (undo it with
         :func:`~weightspace.symmetry.undo_transform`)."""
-        from weightspace.symmetry import UnitTransform
-
         if self.derived_from is None:
             raise ZooError(f"{self.root}: not a derived zoo, it stores no transforms")
         ids = np.asarray(list(members), dtype=int)

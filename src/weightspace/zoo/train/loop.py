@@ -100,15 +100,17 @@ def _static(members: pd.DataFrame) -> dict:
 TRAINERS = ("auto", "fused", "hand", "autograd")
 
 
-def choose_trainer(spec: MLPSpec, device: str | torch.device, trainer: str = "auto") -> str:
+def choose_trainer(
+    spec: MLPSpec, device: str | torch.device, trainer: str = "auto", option: str = "trainer"
+) -> str:
     """The trainer that ``trainer`` resolves to for this spec and device.
 
     ``"auto"``: the fused kernel (:mod:`weightspace.zoo.train.fused`) where it applies and builds,
     else the hand-written backward where it applies, else autograd. Asking for ``"fused"``
-    where it cannot run is an error naming the reason.
+    where it cannot run is an error naming the reason (and ``option``, the setting it came from).
     """
     if trainer not in TRAINERS:
-        raise ConfigError(f"trainer: one of {', '.join(TRAINERS)}, got {trainer!r}")
+        raise ConfigError(f"{option}: one of {', '.join(TRAINERS)}, got {trainer!r}")
     device = torch.device(device)
     if trainer in ("auto", "fused"):
         why = fused.supported(spec, device)
@@ -119,10 +121,10 @@ def choose_trainer(spec: MLPSpec, device: str | torch.device, trainer: str = "au
         if why is None:
             return "fused"
         if trainer == "fused":
-            raise ConfigError(f"trainer: 'fused' cannot run here: {why}")
+            raise ConfigError(f"{option}: 'fused' cannot run here: {why}")
         return "hand" if hand_supported(spec) else "autograd"
     if trainer == "hand" and not hand_supported(spec):
-        raise ConfigError("trainer: 'hand' does not cover weight normalization; use autograd")
+        raise ConfigError(f"{option}: 'hand' does not cover weight normalization; use autograd")
     return trainer
 
 

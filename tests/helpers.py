@@ -1,0 +1,18 @@
+"""Helpers shared by the tests of several stages, imported like ``conftest`` (``tests/`` is on
+``sys.path``): ``from helpers import SMALL_OVERRIDES``.
+
+- :data:`SMALL_OVERRIDES`: the autoencoder config made small and quiet for CPU tests (used by
+  the autoencoder tests, the sweep test and the DDP test).
+"""
+
+from __future__ import annotations
+
+# Overrides of conf/train_autoencoder.yaml: small probe set and batches, CPU, no progress bar.
+SMALL_OVERRIDES = (
+    "evaluate=false",  # weightspace.evaluation is tested on its own
+    "model.n_probe=64",
+    "data.batch_size=8",
+    "trainer.accelerator=cpu",
+    "trainer.enable_progress_bar=false",
+    "trainer.log_every_n_steps=1",
+)
