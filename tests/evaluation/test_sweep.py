@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from conftest import REPO, run_cli
 from helpers import SMALL_OVERRIDES
 
 from weightspace.errors import ConfigError
+from weightspace.evaluation.probes import PROBE_COLUMNS
+from weightspace.evaluation.results import EvalResults
 from weightspace.evaluation.sweep import summarize_sweep
 
 SUMMARIZE = REPO / "scripts" / "summarize_sweep.py"
@@ -47,6 +50,32 @@ def test_table_has_one_row_per_job_sorted_by_the_metric(tmp_path):
     for path in out["paths"].values():
         assert path.stat().st_size > 0
     assert out["paths"]["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_headline_probes_of_the_latent_and_the_learned_coordinates(tmp_path):
+    """A job's evaluation gives the linear test-accuracy probe of the latent and of the
+    encoder's own coordinates ("learned") a column each."""
+    fake_job(tmp_path, 0, ["model.lr=0.01"], {"val/recon": 0.5})
+    fake_job(tmp_path, 1, ["model.lr=0.1"], {"val/recon": 0.4})
+    rows = [
+        (rep, probe, "test_acc", metric, value, 1.0, "")
+        for rep, base in [("latent", 0.8), ("learned", 0.6), ("stats", 0.9)]
+        for probe, metric, value in [
+            ("ridge", "r2", base),
+            ("ridge", "kendall_tau", 0.5),
+            ("boosting", "r2", base + 0.05),
+        ]
+    ]
+    probes = pd.DataFrame(rows, columns=PROBE_COLUMNS)
+    rec = pd.DataFrame({"r2_mean": [0.3]}, index=["autoencoder"])
+    EvalResults(probes, rec).save(tmp_path / "0" / "evaluation")
+    out = summarize_sweep(tmp_path, plot=False)
+    table = out["table"].set_index("job")
+    assert table.loc["0", "eval/probe/test_acc"] == 0.8
+    assert table.loc["0", "eval/probe_learned/test_acc"] == 0.6
+    assert pd.isna(table.loc["1", "eval/probe_learned/test_acc"])  # no evaluation
+    header = next(line for line in out["markdown"].splitlines() if line.startswith("| job"))
+    assert "| eval/probe/test_acc | eval/probe_learned/test_acc |" in header
 
 
 def test_bad_sweep_dir_is_one_line_error_and_exit_2(tmp_path):

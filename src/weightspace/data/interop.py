@@ -20,9 +20,7 @@ import torch
 from torch import Tensor
 
 from weightspace.nets.layout import flatten_params, unflatten_params
-from weightspace.nets.spec import MLPSpec
-
-Params = dict[str, Tensor]
+from weightspace.nets.spec import MLPSpec, Params, bias_name, weight_name
 
 
 def _as_params(x: Mapping[str, Tensor] | Tensor, spec: MLPSpec | None) -> Params:
@@ -65,8 +63,8 @@ def to_nfn(
     params = _as_params(x, spec)
     weights, biases = [], []
     for l in range(_n_layers(params)):
-        w = params[f"layers.{l}.weight"]  # (B, out, in)
-        b = params.get(f"layers.{l}.bias")  # (B, out)
+        w = params[weight_name(l)]  # (B, out, in)
+        b = params.get(bias_name(l))  # (B, out)
         if b is None:
             b = w.new_zeros(w.shape[:2])
         weights.append(w.unsqueeze(1))
@@ -106,9 +104,9 @@ def from_nfn(
                 f"layer {l}: expected weights (B, C, out, in) and biases (B, C, out), "
                 f"got {tuple(w.shape)} and {tuple(b.shape)}"
             )
-        params[f"layers.{l}.weight"] = w[:, channel]
+        params[weight_name(l)] = w[:, channel]
         if keep_bias:
-            params[f"layers.{l}.bias"] = b[:, channel]
+            params[bias_name(l)] = b[:, channel]
     if spec is not None:
         params = _as_params(params, spec)
     if flat:

@@ -3,7 +3,8 @@
 - :mod:`~weightspace.evaluation.evaluate`: :func:`evaluate_autoencoder`, the orchestration;
 - :mod:`~weightspace.evaluation.splits`: a split's checkpoints in memory, the probe targets;
 - :mod:`~weightspace.evaluation.probes`: ridge / logistic / boosting probes, ``probe_table``;
-- :mod:`~weightspace.evaluation.compare`: the latent against each baseline (paired bootstrap);
+- :mod:`~weightspace.evaluation.compare`: the latent, and the encoder's own coordinates, against
+  the baselines (paired bootstrap);
 - :mod:`~weightspace.evaluation.reconstruction`: decoded networks on the task, per-tensor R²;
 - :mod:`~weightspace.evaluation.sampling`: latent density, sampling, generation metrics;
 - :mod:`~weightspace.evaluation.scores`: R², Kendall's tau, accuracy, quartiles;

@@ -1,23 +1,24 @@
 """Paired comparisons of probes: is the latent better than a baseline, or only different?
 
-:func:`compare_probes` sets the latent's probe of a target against every other
-representation's probe of the same family (linear / boosting) on the same test rows, with a
-bootstrap over test *members* (a member's checkpoints are not independent draws) in which
-both probes are scored on the same resample: the difference and its percentile interval
-decide ``better`` / ``worse`` / ``tied``. Rendered by
-:func:`weightspace.evaluation.tables.format_comparisons`.
+:func:`compare_probes` sets one representation's probe of a target (the ``subject``: the
+latent, or the encoder's own coordinates "learned") against other representations' probes of
+the same family (linear / boosting) on the same test rows, with a bootstrap over test
+*members* (a member's checkpoints are not independent draws) in which both probes are scored
+on the same resample: the difference and its percentile interval decide ``better`` /
+``worse`` / ``tied``. Column ``representation`` names the subject, ``baseline`` the other.
+Rendered by :func:`weightspace.evaluation.tables.format_comparisons`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 COMPARISON_COLUMNS = [
-    "target", "probe", "baseline", "metric", "ours", "theirs", "difference", "ci_low",
-    "ci_high", "verdict",
+    "representation", "target", "probe", "baseline", "metric", "ours", "theirs", "difference",
+    "ci_low", "ci_high", "verdict",
 ]  # fmt: skip
 
 
@@ -41,9 +42,11 @@ def compare_probes(
     n_boot: int = 2000,
     level: float = 0.95,
     seed: int = 0,
+    baselines: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """``subject``'s probes against every other representation's probe of the same family
-    on the same target, with a paired bootstrap over test *members*.
+    on the same target (``baselines``: only those, in that order), with a paired bootstrap
+    over test *members*.
 
     ``predictions``: from :func:`probe_table`; ``y_test``: target -> test values (all test
     rows); ``groups``: the member of each test row. A member's checkpoints are not
@@ -52,11 +55,16 @@ def compare_probes(
     for categorical targets) on the test split, their difference, its ``level`` percentile
     interval, and a verdict: ``better`` / ``worse`` when the interval excludes 0, else
     ``tied``.
+
+    The resamples depend only on ``seed``, ``groups`` and the order of ``subject``'s probes in
+    ``predictions`` (one draw per probe, whatever it is compared with): other subjects'
+    probes and the choice of ``baselines`` leave a comparison's numbers unchanged.
     """
     rng = np.random.default_rng(seed)
     rows = []
     family = {"ridge": "linear", "logistic": "linear", "boosting": "boosting"}
-    for (rep, kind, target), (mask, ours) in predictions.items():
+    for key, (mask, ours) in predictions.items():
+        rep, kind, target = key
         if rep != subject:
             continue
         y = np.asarray(y_test[target])[mask]
@@ -65,9 +73,13 @@ def compare_probes(
         w = counts[:, g].astype(np.float64)  # (n_boot, rows): each row's weight in a resample
         is_cat = target in categorical
         mine = _weighted_score(y, ours, w, is_cat)
-        for (other, okind, otarget), (omask, theirs) in predictions.items():
-            if other == subject or okind != kind or otarget != target:
+        others = [other for other, okind, otarget in predictions if (okind, otarget) == key[1:]]
+        if baselines is not None:
+            others = [b for b in baselines if b in others]
+        for other in others:
+            if other == subject:
                 continue
+            omask, theirs = predictions[(other, kind, target)]
             if not np.array_equal(omask, mask):
                 raise ValueError(f"{other} {kind} on {target}: scored on other rows")
             with np.errstate(invalid="ignore"):  # (a constant resample: R² undefined)
@@ -80,6 +92,6 @@ def compare_probes(
             b = float(_weighted_score(y, theirs, full, is_cat)[0])
             verdict = "better" if lo > 0 else "worse" if hi < 0 else "tied"
             metric = "accuracy" if is_cat else "r2"
-            values = (target, family[kind], other, metric, a, b, a - b, lo, hi, verdict)
+            values = (subject, target, family[kind], other, metric, a, b, a - b, lo, hi, verdict)
             rows.append(dict(zip(COMPARISON_COLUMNS, values)))
     return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)

@@ -4,10 +4,11 @@
 
 1. **Probes** (:mod:`~weightspace.evaluation.probes`, :mod:`~weightspace.evaluation.compare`).
    Does the latent hold what we know about a network: its test accuracy, epoch,
-   generalization gap and hyperparameters? Representations: the latent, per-layer weight
-   statistics (Unterthiner et al., 2020), the invariant features the model reads, the raw
-   normalized weights and PCA of the same width as the latent (:mod:`weightspace.features`),
-   and a ``chance`` row.
+   generalization gap and hyperparameters? Representations: the latent, the encoder's own
+   coordinates without the invariant features the latent may carry ("learned": what learning
+   adds), per-layer weight statistics (Unterthiner et al., 2020), the invariant features the
+   model reads, the raw normalized weights and PCA of the same width as the latent
+   (:mod:`weightspace.features`), and a ``chance`` row.
 2. **Reconstruction** (:mod:`~weightspace.evaluation.reconstruction`). Decoded networks run
    on the task; the PCA of the same width is the linear autoencoder to beat.
 3. **Generation** (:mod:`~weightspace.evaluation.sampling`). A density fitted to the latents
@@ -15,7 +16,8 @@
 
 It returns an :class:`~weightspace.evaluation.results.EvalResults`. Everything it calls is a
 pure function of arrays or stacked parameters, testable without an autoencoder; of the model
-it needs only :class:`LatentModel` (and ``invariant_features`` when the model has it).
+it needs only :class:`LatentModel` (and ``invariant_features`` / ``encode_learned`` when
+the model has them).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Any, Protocol
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import Tensor
 
@@ -46,6 +49,14 @@ from weightspace.features.spec import FeatureSpec
 from weightspace.features.statistics import layer_statistics
 from weightspace.nets.spec import MLPSpec, Params
 from weightspace.zoo.tasks import Task
+
+# Who is compared with whom (:func:`compare_probes`), in this order: the latent against every
+# other representation, the encoder's own coordinates against the field's baselines and the
+# invariant features (is learning worth anything beyond the hand-made features?).
+COMPARED: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("latent", ("stats", "invariants", "raw", "pca", "learned")),
+    ("learned", ("stats", "invariants", "raw")),
+)
 
 
 class LatentModel(Protocol):
@@ -97,7 +108,7 @@ def evaluate_autoencoder(
     latent_dim: int | None = None,
     *,
     targets: Sequence[str] = DEFAULT_TARGETS,
-    boosting: bool | Collection[str] = ("latent", "stats", "invariants", "pca"),
+    boosting: bool | Collection[str] = ("latent", "learned", "stats", "invariants", "pca"),
     density: str = "gaussian",
     top: float = 0.3,
     n_samples: int = 256,
@@ -116,7 +127,10 @@ def evaluate_autoencoder(
     ``nn.Module`` is switched to eval mode meanwhile.
 
     - Probes (:func:`probe_table`): fitted on train, chosen on val, scored on test, for the
-      latent, layer statistics ("stats"), the invariant features alone ("invariants": the
+      latent, the encoder's own coordinates ("learned": ``model.encode_learned``, the latent
+      without the invariant features it carries, concatenated or added; the same numbers as
+      the latent when it carries none; no row for a model without that method), layer
+      statistics ("stats"), the invariant features alone ("invariants": the
       reference for a latent that reads them, ``model.invariant_features(params)`` when the
       model has it, else the statistics with every weight matrix's log singular values),
       raw normalized weights ("raw") and a PCA of ``latent_dim`` components fitted on train
@@ -133,14 +147,15 @@ def evaluate_autoencoder(
     ``task``: default, the zoo's own (``Zoo.task()``). ``latent_dim``: default, the width of
     the latents (given, it must match). ``max_items``: a seeded subset of each split's
     checkpoints, for large zoos. Returns an :class:`EvalResults`: ``probes``, ``table``
-    (markdown), ``comparisons`` (the latent's probes against each baseline's, with paired
-    bootstrap intervals over test members, :func:`compare_probes`), ``reconstruction``
+    (markdown), ``comparisons`` (the latent's probes against every other representation's
+    and the learned coordinates' against stats, invariants and raw (:data:`COMPARED`), with
+    paired bootstrap intervals over test members, :func:`compare_probes`), ``reconstruction``
     (rows autoencoder, pca, and per checkpoint epoch, see :func:`reconstruction_table`),
     ``generation`` and ``info`` (dicts).
     """
     datamodule.setup("test")
     if task is None:
-        task = datamodule.full_dataset.zoos[0].task()
+        task = datamodule.task
     splits = {s: load_split(datamodule, s, max_items, seed) for s in ("train", "val", "test")}
     spec = datamodule.spec
     device = _model_device(model)
@@ -155,6 +170,13 @@ def evaluate_autoencoder(
         width = z["train"].shape[1]
         if latent_dim is not None and latent_dim != width:
             raise ValueError(f"latent_dim={latent_dim}, but model.encode gives {width} dims")
+        learned_fn = getattr(model, "encode_learned", None)
+        learned = None
+        if callable(learned_fn):
+            learned = {
+                s: _apply(learned_fn, d.weights, batch_size, device, "encode_learned")
+                for s, d in splits.items()
+            }
         decoded = _apply(model.decode, z["test"], batch_size, device, "decode")
         generation = _generation(
             model,
@@ -176,8 +198,10 @@ def evaluate_autoencoder(
     # ---- probes
     order = ("train", "val", "test")
     pca = fit_pca(splits["train"].weights.double().numpy(), width, seed)
-    reps: dict[str, Split3] = {
-        "latent": tuple(z[s].double().numpy() for s in order),
+    reps: dict[str, Split3] = {"latent": tuple(z[s].double().numpy() for s in order)}
+    if learned is not None:  # what learning adds: the latent without the invariant features
+        reps["learned"] = tuple(learned[s].double().numpy() for s in order)
+    reps |= {
         "stats": tuple(layer_statistics(splits[s].params, spec) for s in order),
         # The reference for a latent that carries the invariant features carries the same ones.
         "invariants": tuple(_invariants(model, splits[s].params, spec) for s in order),
@@ -187,12 +211,24 @@ def evaluate_autoencoder(
     tgt, categorical = probe_targets([splits[s].items for s in order], targets)
     pred: dict = {}
     probes = probe_table(reps, tgt, categorical, boosting=boosting, seed=seed, predictions=pred)
-    comparisons = compare_probes(
-        pred,
-        {t: np.asarray(y[2]) for t, y in tgt.items()},
-        splits["test"].groups,
-        categorical,
-        seed=seed,
+    y_test = {t: np.asarray(y[2]) for t, y in tgt.items()}
+    # One call (one bootstrap stream from ``seed``) per subject: adding a subject leaves the
+    # others' numbers as they were.
+    comparisons = pd.concat(
+        [
+            compare_probes(
+                pred,
+                y_test,
+                splits["test"].groups,
+                categorical,
+                subject,
+                seed=seed,
+                baselines=baselines,
+            )
+            for subject, baselines in COMPARED
+            if subject in reps
+        ],
+        ignore_index=True,
     )
 
     # ---- reconstruction of the test networks

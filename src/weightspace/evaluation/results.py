@@ -4,7 +4,8 @@
 returns. :meth:`EvalResults.save` writes a folder of
 
 - ``probes.csv``          every probe score (:data:`~weightspace.evaluation.probes.PROBE_COLUMNS`)
-- ``comparisons.csv``     the latent's probes against each baseline's (paired bootstrap)
+- ``comparisons.csv``     the latent's (and the learned coordinates') probes against the
+                          baselines' (paired bootstrap), column ``representation`` first
 - ``reconstruction.csv``  a row per model (and per checkpoint epoch), column ``model`` first
 - ``table.md``            the probe table for people (never read back)
 - ``results.json``        everything above but the table, plus ``info`` and ``generation``
@@ -141,12 +142,13 @@ class EvalResults(Mapping[str, Any]):
     def load(cls, folder: str | Path) -> EvalResults:
         """Read results saved by :meth:`save`: the tables from the CSVs (floats exactly as
         written), ``info`` and ``generation`` from the JSON (null read back as NaN).
-        ``comparisons.csv`` may be missing (older runs): no comparisons."""
+        ``comparisons.csv`` may be missing (older runs): no comparisons; one without column
+        ``representation`` (older runs: only the latent was compared) reads as the latent's."""
         paths = cls.paths(folder)
         if not paths["json"].is_file():
             raise FileNotFoundError(f"evaluation: no results in {folder} ({FILES['json']})")
         data = json.loads(paths["json"].read_text())
-        probes = pd.read_csv(paths["probes"], **_EXACT)
+        probes = pd.read_csv(paths["probes"], dtype={"note": str}, **_EXACT)
         probes["note"] = probes["note"].fillna("")  # written empty, read as NaN
         reconstruction = pd.read_csv(paths["reconstruction"], index_col="model", **_EXACT)
         reconstruction.index.name = None
@@ -155,6 +157,8 @@ class EvalResults(Mapping[str, Any]):
             if paths["comparisons"].is_file()
             else _no_comparisons()
         )
+        if "representation" not in comparisons:
+            comparisons.insert(0, "representation", "latent")
         return cls(
             probes=probes,
             reconstruction=reconstruction,

@@ -11,7 +11,8 @@ folder per job under its sweep folder::
 
 :func:`summarize_sweep` gathers them into one row per job — the overrides, the final
 metrics, and the evaluation's headline numbers (``eval/recon/*`` of the autoencoder,
-``eval/gen/*``, ``eval/probe/<target>`` of the linear probe on the latent) — and writes
+``eval/gen/*``, ``eval/probe/<target>`` of the linear probe on the latent,
+``eval/probe_learned/<target>`` of the same probe on the encoder's own coordinates) — and writes
 ``summary.csv``, ``summary.md`` and ``parallel_coordinates.png`` into the sweep folder.
 ``scripts/summarize_sweep.py <sweep dir>`` (``weightspace-summarize-sweep``) prints the table.
 """
@@ -41,6 +42,7 @@ HEADLINE = (
     "eval/recon/acc_retention",
     "eval/recon/agreement",
     "eval/probe/test_acc",
+    "eval/probe_learned/test_acc",
     "eval/gen/sample_acc_median",
 )
 LINEAR_PROBES = ("ridge", "logistic")
@@ -80,13 +82,15 @@ def _evaluation(folder: Path) -> dict[str, float]:
     for k, v in res.generation.items():
         if _finite(v):
             out[f"eval/gen/{k}"] = float(v)
-    # The latent's linear probe, scored the way the results table scores it (R² / accuracy).
+    # The linear probe of the latent (and of the encoder's own coordinates, "learned"), scored
+    # the way the results table scores it (R² / accuracy).
+    prefix = {"latent": "eval/probe", "learned": "eval/probe_learned"}
     columns = ("representation", "probe", "target", "metric", "value")
     for rep, probe, target, metric, value in zip(*(res.probes[c] for c in columns)):
-        if rep != "latent" or probe not in LINEAR_PROBES:
+        if rep not in prefix or probe not in LINEAR_PROBES:
             continue
         if metric in ("r2", "accuracy") and _finite(value):
-            out[f"eval/probe/{target}"] = float(value)
+            out[f"{prefix[rep]}/{target}"] = float(value)
     return out
 
 

@@ -77,15 +77,25 @@ def probe_summary(df: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
 
 
 def format_comparisons(df: pd.DataFrame, digits: int = 3) -> str:
-    """A markdown table of :func:`compare_probes`: a row per target and probe family, a
-    column per baseline, each cell the difference (ours - theirs) and its interval, marked
-    ``better`` / ``worse`` when the interval excludes 0."""
+    """A markdown table of :func:`compare_probes`: a row per target, probe family and
+    compared representation (column ``representation``: the latent, then the learned
+    coordinates; frames without that column are the latent's), a column per baseline, each
+    cell the difference (that representation - the baseline) and its interval, marked
+    ``better`` / ``worse`` when the interval excludes 0; empty where not compared."""
     if df.empty:
         return "(no comparisons)"
+    if "representation" not in df:
+        df = df.assign(representation="latent")
     baselines = list(dict.fromkeys(df["baseline"]))
-    header = ["target", "probe", *baselines]
+    header = ["target", "probe", "representation", *baselines]
+    subjects = {r: i for i, r in enumerate(dict.fromkeys(df["representation"]))}
+    groups = df.groupby(["target", "probe", "representation"], sort=False)
+    # Target by target (in the frame's order), each probe family's subjects side by side.
+    firsts = {key: i for i, key in enumerate(dict.fromkeys(zip(df["target"], df["probe"])))}
     body = []
-    for (target, probe), part in df.groupby(["target", "probe"], sort=False):
+    for (target, probe, subject), part in sorted(
+        groups, key=lambda kv: (firsts[kv[0][:2]], subjects[kv[0][2]])
+    ):
         cells = dict.fromkeys(baselines, "")
         for r in part.itertuples():
             if not np.isfinite(r.difference):
@@ -96,7 +106,7 @@ def format_comparisons(df: pd.DataFrame, digits: int = 3) -> str:
                 f"{r.difference:+.{digits}f} [{r.ci_low:+.{digits}f}, {r.ci_high:+.{digits}f}]"
                 + mark
             )
-        body.append([str(target), str(probe), *cells.values()])
+        body.append([str(target), str(probe), str(subject), *cells.values()])
     return markdown(header, body)
 
 
@@ -134,8 +144,10 @@ def summarize_evaluation(results: Mapping[str, Any], run_dir: str | Path) -> str
         "",
         results["table"],
         "",
-        "The latent against each baseline, same probe family: difference of the scores and its",
-        "95% interval (paired bootstrap over held-out members; better / worse when it excludes 0):",
+        "The latent against each baseline, and the encoder's learned coordinates alone (without",
+        "the invariant features in the latent) against stats, invariants and raw, same probe",
+        "family: difference of the scores and its 95% interval (paired bootstrap over held-out",
+        "members; better / worse when it excludes 0):",
         "",
         format_comparisons(results["comparisons"]),
         "",
