@@ -217,7 +217,7 @@ def test_concatenated_statistics_are_latent_coordinates(datamodule, spectrum, pr
     )
     params = datamodule.normalizer.denormalize_params(unflatten_params(flat, model.spec))
     # The function features run on the task's training inputs the model drew, with their labels.
-    task = datamodule.full_dataset.zoos[0].task()
+    task = datamodule.task
     rows = [int((task.x_train == x).all(1).nonzero()[0]) for x in model.probe_inputs]
     if function:
         assert torch.equal(model.probe_targets, task.y_train[rows])

@@ -173,15 +173,25 @@ class WeightAutoencoder(pl.LightningModule):
         self.normalizer = None if normalizer is None else LayerNormalizer.from_dict(normalizer)
         make_encoder = part_factory("encoder", encoder or DEFAULT_ENCODER)
         self.reads_outputs = getattr(make_encoder.func, "reads_outputs", False)
+        # An encoder with ``reads_params`` gets the networks' own (denormalized) parameters
+        # ``{name: (N, *shape)}`` instead of normalized flat vectors: what symmetry-aware
+        # encoders need to see rescalings and sign flips as the symmetries they are.
+        self.reads_params = getattr(make_encoder.func, "reads_params", False)
         extra = {}
+        reads_activations = getattr(make_encoder.func, "reads_activations", False)
+        # Outputs on probe inputs, or parameters canonicalized for the spec's one activation:
+        # a zoo mixing activations is read wrongly unless the encoder is told each member's.
+        one_activation = self.reads_outputs or (self.reads_params and not reads_activations)
+        if one_activation and len(self.activations) > 1:
+            kind = part_kind(encoder or DEFAULT_ENCODER)
+            raise ConfigError(
+                f"encoder.kind: {kind} needs a zoo of one activation, this one mixes "
+                f"{', '.join(self.activations)}"
+            )
         if self.reads_outputs:
-            if len(self.activations) > 1:
-                kind = part_kind(encoder or DEFAULT_ENCODER)
-                raise ConfigError(
-                    f"encoder.kind: {kind} needs a zoo of one activation, this one mixes "
-                    f"{', '.join(self.activations)}"
-                )
             extra["n_probe"] = n_probe
+        if reads_activations:  # the zoo's, maybe mixed
+            extra["activations"] = tuple(self.activations)
         make_decoder = part_factory("decoder", decoder or DEFAULT_DECODER)
         try:
             self.encoder = make_encoder(self.spec, latent_dim, **extra)
@@ -257,7 +267,7 @@ class WeightAutoencoder(pl.LightningModule):
         4,096 checkpoints of) the training split."""
         datamodule.setup()
         spec = datamodule.spec
-        task = datamodule.full_dataset.zoos[0].task()  # zoos of one datamodule share widths
+        task = datamodule.task  # zoos of one datamodule share widths
         probe = probe_inputs(task.x_train, n_probe, probe_seed)
         labels = probe_inputs(task.y_train, n_probe, probe_seed)
         use = FeatureUse.from_dict(hparams.get("features"))
@@ -353,8 +363,27 @@ class WeightAutoencoder(pl.LightningModule):
             probe = (probe[0].detach().cpu(), probe[1].detach().cpu())
         return fs.compute(params, self.spec, probe)
 
+    def _encoder_input(self, flat: Tensor) -> Tensor | Params:
+        """What the encoder reads of normalized flat weights ``(N, D)``: the vectors, the
+        network's outputs on the probe inputs (``reads_outputs``), or its denormalized
+        parameters (``reads_params``)."""
+        if self.reads_outputs:
+            return self.network_outputs(flat)
+        if self.reads_params:
+            return unflatten_params(self.denormalize(flat), self.spec)
+        return flat
+
+    def encode_learned(self, batch_or_weights: Mapping[str, Tensor] | Tensor) -> Tensor:
+        """The encoder's own coordinates ``(..., latent_dim)``: the latent without the
+        invariant features it carries (concatenated, or added through ``stats_in``)."""
+        x = batch_or_weights
+        if isinstance(x, Mapping):
+            x = self.flat_weights(x)
+        flat = x.reshape(-1, x.shape[-1])
+        return self.encoder(self._encoder_input(flat)).reshape(*x.shape[:-1], -1)
+
     def _encode_flat(self, flat: Tensor, stats: Tensor | None = None) -> Tensor:
-        z = self.encoder(self.network_outputs(flat) if self.reads_outputs else flat)
+        z = self.encoder(self._encoder_input(flat))
         if self.stats_in is None and not self.stats_concat:
             return z
         stats = self.weight_statistics(flat) if stats is None else stats

@@ -1,0 +1,266 @@
+"""A graph metanetwork over a network's neurons: parameters -> latents ``(N, latent_dim)``.
+
+The approach of Neural Graphs (Kofinas et al., ICLR 2024) and graph metanetworks (GMN, Lim et
+al., ICLR 2024). An MLP is a graph with one node per neuron of every layer, the inputs
+included, and one directed edge per weight (from the unit it reads to the unit it feeds;
+its feature is the weight). A node carries its bias (inputs have none), its layer's
+embedding and its type (input, hidden, output). Input and output neurons have an identity
+(a pixel, a class), so they also get an embedding of their index; hidden neurons get nothing
+index-based. Message-passing steps then update nodes and edges, and an invariant readout
+pools them into the latent.
+
+**Dense, not sparse.** The edges of layer ``l`` are its weight matrix: a batch of ``N``
+networks of one spec is a tensor ``(c, N, out, in)`` of edge features per layer (channels
+leading, so channel mixing is one wide matrix product), and a step is a few batched matmuls
+per layer (no edge lists, no scatter); memory is bounded by the batch. On the demo's
+[64, 32, 32, 10] networks an encoder pass (forward + backward) costs about 12x the MLP
+encoder's and a training step about 3x (``benchmarks/bench_encoders.py``).
+
+**Several architectures.** The message passing reads the shapes of the tensors it gets, and
+every learned function is shared by all layers (nodes tell layers apart by their layer
+embedding), so it takes networks of any width and depth. The embeddings (input and output
+indices, layers) and the readout (a slot per hidden layer) are sized by the spec: a model
+that reads zoos of several architectures at once changes only those.
+
+**Symmetry.**
+
+- *Permutations of hidden units*, by construction: node and edge functions are shared by all
+  nodes (edges) of a kind, messages are averaged over a node's edges, and the readout averages
+  each hidden layer's nodes. Permuting hidden units permutes nodes and edges alike and
+  leaves the latent unchanged, for every activation.
+- *Positive rescaling of relu / leaky_relu units, sign flips of tanh units*: by
+  canonicalizing inside the encoder, before the graph is built (``symmetry="auto"``):
+  :func:`~weightspace.symmetry.canonical_scale` (unit incoming norm) where every activation of
+  the zoo is positively homogeneous, :func:`~weightspace.symmetry.canonical_signs` where every
+  one is odd. Both are function-preserving and map a whole orbit to one representative, and
+  neither depends on the order of hidden units, so the latent is invariant to rescaling and
+  sign flips *and* permutations. A zoo mixing activations of different symmetries (relu and
+  tanh) cannot be canonicalized per member here (the encoder does not see which member has
+  which activation): ``ConfigError`` naming ``encoder.symmetry``, unless
+  ``symmetry="permutation"`` (no canonicalization: permutation-invariant only).
+
+Input: the networks' own effective parameters ``{name: (N, *shape)}`` (``reads_params``:
+the model denormalizes them; weight-normalized zoos arrive as effective weights), and the
+zoo's activations (``reads_activations``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import replace
+
+import torch
+from torch import Tensor, nn
+
+from weightspace.autoencoder.blocks import mlp_layers
+from weightspace.errors import ConfigError
+from weightspace.nets.spec import MLPSpec, Params, layers
+from weightspace.symmetry import (
+    HOMOGENEOUS_ACTIVATIONS,
+    ODD_ACTIVATIONS,
+    canonical_scale,
+    canonical_signs,
+)
+
+__all__ = ["GraphEncoder", "MessagePassing"]
+
+SYMMETRIES = ("auto", "permutation")
+INPUT, HIDDEN, OUTPUT = 0, 1, 2  # node types
+
+
+def unit_symmetries(activation: str) -> tuple[bool, bool]:
+    """(positive rescaling, sign flip) of a hidden unit that preserve the function."""
+    return activation in HOMOGENEOUS_ACTIVATIONS, activation in ODD_ACTIVATIONS
+
+
+def scalar_features(x: Tensor, fan_in: int, dim: int) -> Tensor:
+    """Features of weights or biases ``x`` of a layer with ``fan_in`` inputs, stacked at
+    ``dim``: the value in units of ``1 / sqrt(fan_in)`` (an init's scale; a canonical row's
+    entries) and its symmetric log ``sign(x) log(1 + |x|)`` (large values compressed; 8x
+    cheaper than ``asinh`` on CPU). Elementwise: equivariant to anything."""
+    x = x * math.sqrt(fan_in)
+    return torch.stack([x, torch.sign(x) * torch.log1p(x.abs())], dim)
+
+
+def channel_mix(weight: Tensor, e: Tensor, add: Tensor) -> Tensor:
+    """``add + weight @ e`` on the channels of edges ``e`` ``(c, N, out, in)``; ``add``
+    broadcasts to ``(c', N, out, in)``. Channels lead, so this is one wide matrix product
+    ``(c', c) @ (c, N * out * in)`` (forward and backward) with the addition fused, instead of
+    millions of thin ones: 2-3x faster on CPU."""
+    shape = (weight.shape[0], *e.shape[1:])
+    y = torch.addmm(add.expand(shape).reshape(shape[0], -1), weight, e.reshape(e.shape[0], -1))
+    return y.view(shape)
+
+
+class MessagePassing(nn.Module):
+    """One step over the dense graph: node updates from messages, then edge updates.
+
+    Nodes ``h`` ``(N, T, d)``: every layer's neurons one after the other (the inputs first),
+    layer ``k`` at ``h[:, offsets[k]:offsets[k + 1]]``; edges ``e[l]`` ``(c, N, n_{l+1}, n_l)``
+    (layer ``l``'s weights, channels leading). Along each edge both ways (inputs hear from the
+    units they feed, outputs from the units they read) a bilinear message: the outer product
+    of the edge's channels and a projection of the sending node, averaged over the receiver's
+    edges (an edge-conditioned convolution), ``c x m`` numbers. A node adds an MLP of itself
+    and its two messages; an edge adds an MLP of itself and its two end nodes. Every function is
+    shared by all layers.
+    """
+
+    def __init__(self, d: int, c: int, m: int, update_edges: bool = True):
+        super().__init__()
+        self.norm = nn.LayerNorm(d)
+        self.send = nn.Linear(d, 2 * m)  # forward and backward
+        # The node MLP reads the raw messages: a linear map of them first would fold into it.
+        self.node = nn.Sequential(nn.Linear(d + 2 * c * m, d), nn.GELU(), nn.Linear(d, d))
+        self.update_edges = update_edges
+        if update_edges:
+            self.edge_self = nn.Linear(c, c, bias=False)
+            self.edge_out = nn.Linear(c, c, bias=False)
+            self.edge_nodes = nn.Linear(d, 2 * c)  # as destination, as source
+
+    def forward(
+        self, h: Tensor, e: list[Tensor], offsets: list[int]
+    ) -> tuple[Tensor, list[Tensor]]:
+        n = h.shape[0]
+        hn = self.norm(h)
+        send_fwd, send_bwd = self.send(hn).chunk(2, -1)  # (N, T, m) each
+        fwd, bwd = [], []  # per layer: (N, n_k, c * m) from the layer below / above
+        for l, el in enumerate(e):
+            _, _, o, i = el.shape
+            src = send_fwd[:, offsets[l] : offsets[l + 1]] / i  # (N, i, m): a mean over in
+            dst = send_bwd[:, offsets[l + 1] : offsets[l + 2]] / o  # (N, o, m)
+            msg = torch.matmul(el, src)  # (c, N, o, m)
+            fwd.append(msg.permute(1, 2, 0, 3).reshape(n, o, -1))
+            msg = torch.matmul(el.transpose(-1, -2), dst)  # (c, N, i, m)
+            bwd.append(msg.permute(1, 2, 0, 3).reshape(n, i, -1))
+        none_in = h.new_zeros(n, offsets[1], fwd[0].shape[-1])  # the inputs read nothing
+        none_out = h.new_zeros(n, offsets[-1] - offsets[-2], bwd[0].shape[-1])  # nor feed
+        fwd = torch.cat([none_in, *fwd], 1)  # (N, T, c * m)
+        bwd = torch.cat([*bwd, none_out], 1)
+        h = h + self.node(torch.cat([hn, fwd, bwd], -1))
+        if not self.update_edges:
+            return h, e
+        as_dst, as_src = self.edge_nodes(self.norm(h)).permute(2, 0, 1).chunk(2)  # (c, N, T)
+        new = []
+        for l, el in enumerate(e):
+            ends = (
+                as_dst[..., offsets[l + 1] : offsets[l + 2], None]  # (c, N, o, 1)
+                + as_src[..., None, offsets[l] : offsets[l + 1]]  # (c, N, 1, i)
+            )
+            # relu: on millions of edges gelu costs 5x as much
+            update = torch.relu(channel_mix(self.edge_self.weight, el, ends))  # (c, N, o, i)
+            new.append(channel_mix(self.edge_out.weight, update, el))  # residual
+        return h, new
+
+
+class GraphEncoder(nn.Module):
+    """Graph metanetwork over the neurons (see the module's docstring).
+
+    Args:
+        spec: the zoo's architecture (input and output widths, depth, bias).
+        latent_dim: the latent width.
+        activations: the zoo's activations (the model passes them; ``None``: the spec's).
+        hidden: node feature width ``d``.
+        edge_dim: edge feature width ``c`` (the edges dominate memory: ``N x weights x c``).
+        message_dim: width ``m`` of a sending node's projection (a message is ``c x m``).
+        n_layers: message-passing steps.
+        readout_hidden: width of the MLP from the pooled graph to the latent.
+        symmetry: ``auto`` (canonical scale / signs where the zoo's activations allow, then
+            permutation-invariant message passing) or ``permutation`` (no canonicalization).
+
+    Readout, invariant to hidden permutations: the mean node of each hidden layer, the output
+    nodes in order, the mean input node and the mean edge of each layer, then an MLP.
+    """
+
+    reads_params = True
+    reads_activations = True
+
+    def __init__(
+        self,
+        spec: MLPSpec,
+        latent_dim: int,
+        activations: Sequence[str] | None = None,
+        hidden: int = 64,
+        edge_dim: int = 4,
+        message_dim: int = 16,
+        n_layers: int = 3,
+        readout_hidden: int = 256,
+        symmetry: str = "auto",
+    ):
+        super().__init__()
+        if symmetry not in SYMMETRIES:
+            raise ConfigError(f"encoder.symmetry: '{symmetry}' (choose auto or permutation)")
+        acts = list(dict.fromkeys(activations or [spec.activation]))
+        kinds = {unit_symmetries(a) for a in acts}
+        if symmetry == "auto" and len(kinds) > 1:
+            raise ConfigError(
+                f"encoder.symmetry: auto cannot canonicalize a zoo mixing {', '.join(acts)} "
+                "(their units have different scale / sign symmetries); use one activation per "
+                "zoo, or encoder.symmetry=permutation (invariant to permutations only)"
+            )
+        self.spec = spec
+        self.scale, self.sign = kinds.pop() if symmetry == "auto" else (False, False)
+        self.canon_spec = replace(spec, activation=acts[0])  # one symmetry kind: acts[0]'s
+        d, c = hidden, edge_dim
+        self.edge_in = nn.Linear(2, c)
+        self.edge_in2 = nn.Linear(c, c)  # the edges' first features: an MLP of the weight
+        self.bias_in = nn.Sequential(nn.Linear(2, d), nn.GELU(), nn.Linear(d, d))
+        self.node_type = nn.Embedding(3, d)
+        self.layer_emb = nn.Embedding(spec.n_layers + 1, d)
+        self.input_pos = nn.Embedding(spec.widths[0], d)
+        self.output_pos = nn.Embedding(spec.widths[-1], d)
+        # The last step's edge update would reach only the edges' mean: skipped.
+        self.steps = nn.ModuleList(
+            MessagePassing(d, c, message_dim, update_edges=k < n_layers - 1)
+            for k in range(n_layers)
+        )
+        self.norm = nn.LayerNorm(d)
+        width = d * (spec.n_layers - 1) + d * spec.widths[-1] + d + c * spec.n_layers
+        self.head = mlp_layers([width, readout_hidden, latent_dim], "gelu", 0.0, True)
+
+    def canonical(self, params: Params) -> list[tuple[Tensor, Tensor | None]]:
+        """Per layer ``(W (N, out, in), b (N, out) or None)``: the canonical representative
+        of each network's scale / sign orbit (as the zoo's activations allow), detached."""
+        p = {k: v.detach() for k, v in params.items()}
+        if self.scale:
+            p, _ = canonical_scale(p, self.canon_spec)
+        if self.sign:
+            p, _ = canonical_signs(p, self.canon_spec)
+        return list(layers(p, self.spec))
+
+    def graph(self, wb: list[tuple[Tensor, Tensor | None]]) -> tuple[Tensor, list[Tensor]]:
+        """Initial node features ``(N, T, d)`` (every layer's neurons, the inputs first) and
+        edge features ``e[l]`` ``(c, N, out_l, in_l)`` of the networks' graphs."""
+        n, _, n_in = wb[0][0].shape
+        emb = self.node_type.weight  # (3, d)
+        h = [
+            (self.input_pos.weight[:n_in] + emb[INPUT] + self.layer_emb.weight[0]).expand(n, -1, -1)
+        ]
+        e = []
+        for l, (w, b) in enumerate(wb):
+            o, i = w.shape[1:]
+            kind = OUTPUT if l == len(wb) - 1 else HIDDEN
+            x = emb[kind] + self.layer_emb.weight[l + 1]  # (d,)
+            if kind == OUTPUT:
+                x = x + self.output_pos.weight[:o]  # (o, d)
+            if b is not None:
+                x = x + self.bias_in(scalar_features(b, i, -1))  # (N, o, d)
+            h.append(x.expand(n, o, -1))
+            x = scalar_features(w, i, 0)  # (2, N, o, i)
+            x = torch.relu(channel_mix(self.edge_in.weight, x, self.edge_in.bias.view(-1, 1, 1, 1)))
+            e.append(channel_mix(self.edge_in2.weight, x, self.edge_in2.bias.view(-1, 1, 1, 1)))
+        return torch.cat(h, 1), e
+
+    def forward(self, params: Params) -> Tensor:  # {name: (N, *shape)} -> (N, latent)
+        wb = self.canonical(params)
+        widths = [wb[0][0].shape[2]] + [w.shape[1] for w, _ in wb]
+        offsets = [0, *itertools.accumulate(widths)]
+        h, e = self.graph(wb)
+        for step in self.steps:
+            h, e = step(h, e, offsets)
+        h = self.norm(h)
+        pooled = [h[:, a:b].mean(1) for a, b in zip(offsets[1:-2], offsets[2:-1])]  # hidden
+        pooled += [h[:, offsets[-2] :].flatten(1), h[:, : offsets[1]].mean(1)]  # out, in
+        pooled += [el.mean((2, 3)).t() for el in e]  # each layer's edges: (N, c)
+        return self.head(torch.cat(pooled, -1))
