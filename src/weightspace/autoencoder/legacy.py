@@ -2,7 +2,9 @@
 
 - Their ``config.yaml`` names the old module paths as ``_target_``
   (``weightspace.dataset.WeightDataModule``, ``weightspace.autoencoder.WeightAutoencoder``):
-  :func:`upgrade_config` renames them.
+  :func:`upgrade_config` renames them, before :func:`weightspace.autoencoder.run.load_run`
+  checks the config against its allow-list (an old path is only ever renamed to today's
+  path of the same class, never imported).
 - Their checkpoints' hyperparameters name the encoder and decoder by ``kind`` only and carry
   five ``stats_*`` options: :func:`upgrade_hparams` gives the parts their ``_target_`` and
   folds the options into ``features``

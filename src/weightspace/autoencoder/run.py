@@ -13,8 +13,18 @@ rebuilds what the run trained on exactly as training built it:
 - the **model** from the best checkpoint (lowest ``val/recon``, the one the run's evaluation
   used), else ``last.ckpt``.
 
+A run folder is data, never code: run folders get copied and shared, so opening one must not
+import or call anything its files name. The ``data`` config is not instantiated; it is read as
+plain values (:func:`datamodule_options`) and the datamodule built from them, its ``_target_``
+only ever :data:`DATAMODULE`, its ``transform`` / ``augment`` only functions of this package
+(:func:`weightspace.data.callables.resolve_callable`; a ``{_target_: <such a function>,
+_partial_: true, ...}`` node too). Anything else is refused with one line naming the file and
+the key. The model is rebuilt from its checkpoint (loaded with ``weights_only``; its parts must
+be ``nn.Module`` classes of weightspace, :func:`weightspace.autoencoder.options.part_factory`).
+
 Runs written before the package's restructure open too (old ``_target_`` paths in their
-``config.yaml``, old hyperparameters in their checkpoints: :mod:`weightspace.autoencoder.legacy`).
+``config.yaml``, mapped before the check above, and old hyperparameters in their checkpoints:
+:mod:`weightspace.autoencoder.legacy`).
 
 :func:`encode_zoo` then encodes every checkpoint of every member the run's data holds (the
 run's ``epochs`` / ``test_acc_range`` filters aside: all epochs by default) without
@@ -27,6 +37,8 @@ augmentation, and returns the latents with one row per (member, checkpoint): spl
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import logging
 from dataclasses import dataclass
@@ -38,6 +50,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from weightspace.data.callables import resolve_callable
 from weightspace.data.datamodule import WeightDataModule
 from weightspace.data.dataset import WeightDataset
 from weightspace.errors import ConfigError, ZooError
@@ -50,6 +63,9 @@ CONFIG_FILE = "config.yaml"  # the run's resolved config
 EVALUATION_DIR = "evaluation"
 RUN_DIRS = ("autoencoder", "autoencoder-multirun")  # where train_autoencoder.py writes runs
 SPLITS = ("train", "val", "test")
+DATAMODULE = "weightspace.data.datamodule.WeightDataModule"  # the one class a run's data names
+_BUILD_KEYS = ("_convert_", "_recursive_")  # Hydra keys that change how, not what: ignored
+_CALLABLES = ("transform", "augment")  # options that name a function (resolve_callable)
 
 
 # --------------------------------------------------------------------------- finding a run
@@ -144,14 +160,85 @@ class Run:
         )
 
 
+def datamodule_options(data: Any, source: str | Path) -> dict[str, Any]:
+    """The keyword arguments of :class:`WeightDataModule` a run's saved ``data`` config means,
+    read as data: nothing it names is imported or called but this package's functions.
+
+    ``data`` (after :func:`~weightspace.autoencoder.legacy.upgrade_config`) must be a mapping
+    whose ``_target_`` is :data:`DATAMODULE` and whose other keys are the datamodule's options
+    (``_convert_`` / ``_recursive_`` ignored). ``transform`` / ``augment`` are ``null``, an
+    import path :func:`~weightspace.data.callables.resolve_callable` accepts, or
+    ``{_target_: <such a path>, _partial_: true, **plain keyword arguments}``; no other value
+    may hold a ``_target_``. Raises a one-line :class:`ConfigError` naming ``source`` and the
+    key.
+    """
+    try:
+        return _options(data)
+    except ConfigError as e:
+        raise ConfigError(f"autoencoder: {source}: {e}") from None
+
+
+def _options(data: Any) -> dict[str, Any]:
+    try:
+        plain = OmegaConf.to_container(data, resolve=True) if OmegaConf.is_config(data) else data
+    except Exception as e:  # an interpolation that does not resolve
+        raise ConfigError(f"data: does not resolve ({str(e).splitlines()[0]})") from e
+    if not isinstance(plain, dict):
+        raise ConfigError(f"data: expected a mapping, got {type(plain).__name__}")
+    target = plain.get("_target_")
+    if target != DATAMODULE:
+        raise ConfigError(f"data._target_: '{target}' is not allowed (only {DATAMODULE})")
+    accepted = set(inspect.signature(WeightDataModule).parameters)
+    options: dict[str, Any] = {}
+    for key, value in plain.items():
+        if key == "_target_" or key in _BUILD_KEYS:
+            continue
+        if key not in accepted:
+            raise ConfigError(f"data.{key}: not an option of WeightDataModule")
+        if key in _CALLABLES:
+            options[key] = _saved_callable(value, f"data.{key}")
+        else:
+            _no_target(value, f"data.{key}")
+            options[key] = value
+    return options
+
+
+def _saved_callable(value: Any, key: str) -> Any:
+    """A saved ``transform`` / ``augment``: null, an allowed import path, or a partial of one."""
+    if value is None or isinstance(value, str):
+        return resolve_callable(value, key)
+    if not (isinstance(value, dict) and "_target_" in value):
+        raise ConfigError(f"{key}: expected an import path or null, got {type(value).__name__}")
+    fn = resolve_callable(str(value["_target_"]), f"{key}._target_")
+    if value.get("_partial_") is not True:
+        raise ConfigError(f"{key}._partial_: must be true (the function is called per batch)")
+    kwargs = {k: v for k, v in value.items() if k not in ("_target_", "_partial_")}
+    for k, v in kwargs.items():
+        if k.startswith("_"):
+            raise ConfigError(f"{key}.{k}: not allowed in a saved config")
+        _no_target(v, f"{key}.{k}")
+    return functools.partial(fn, **kwargs)
+
+
+def _no_target(value: Any, key: str) -> None:
+    """Refuse a ``_target_`` anywhere under ``value`` (``key`` names it)."""
+    if isinstance(value, dict) and "_target_" in value:
+        raise ConfigError(
+            f"{key}._target_: '{value['_target_']}' is not allowed (a saved config builds only "
+            "the datamodule and its transform / augment)"
+        )
+    if isinstance(value, dict | list):
+        for k, v in value.items() if isinstance(value, dict) else enumerate(value):
+            _no_target(v, f"{key}.{k}")
+
+
 def load_run(run_dir: str | Path, checkpoint: str = "best") -> Run:
     """Rebuild an autoencoder run's model and datamodule (see the module docs).
 
-    Raises :class:`ConfigError` when ``run_dir`` is not a run folder or its checkpoint does
-    not load, :class:`ZooError` when the zoo it trained on is gone.
+    Raises :class:`ConfigError` when ``run_dir`` is not a run folder, its ``config.yaml``
+    names anything but this package's datamodule and functions, or its checkpoint does not
+    load; :class:`ZooError` when the zoo it trained on is gone.
     """
-    from hydra.utils import instantiate
-
     from weightspace.autoencoder.legacy import upgrade_config
     from weightspace.autoencoder.module import WeightAutoencoder
     from weightspace.data.normalizer import LayerNormalizer
@@ -169,6 +256,8 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> Run:
         data_cfg = config.data
     except Exception as e:  # unreadable JSON / YAML, or fields missing
         raise ConfigError(f"autoencoder: {path}: unreadable run files ({e})") from e
+    # Checked before anything else is read: the run's data config, as plain values.
+    options = datamodule_options(data_cfg, path / CONFIG_FILE)
     if not (zoo / MANIFEST).is_file():
         raise ZooError(
             f"autoencoder: the zoo of run {path} is gone: {zoo} (no {MANIFEST}); regenerate it "
@@ -182,9 +271,9 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> Run:
         raise ConfigError(f"autoencoder: cannot load checkpoint {ckpt} ({msg})") from e
     model.eval()
 
-    # The run's own data config, on the zoo it read; the normalizer is the one the model
+    # The run's own data options, on the zoo it read; the normalizer is the one the model
     # was trained with (fitted on the training split), so setup() does not refit it.
-    datamodule = instantiate(data_cfg, zoo_paths=str(zoo), cache=False, _convert_="all")
+    datamodule = WeightDataModule(**{**options, "zoo_paths": str(zoo), "cache": False})
     norm = model.hparams.get("normalizer")
     datamodule.normalizer = None if norm is None else LayerNormalizer.from_dict(norm)
     datamodule.setup()
@@ -267,9 +356,11 @@ def encode_zoo(
 
 
 __all__ = [
+    "DATAMODULE",
     "Latents",
     "Run",
     "checkpoint_of",
+    "datamodule_options",
     "encode_zoo",
     "find_runs",
     "load_run",

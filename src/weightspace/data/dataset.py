@@ -31,8 +31,6 @@ tokenize. Splits, the sampler and the DataModule are in :mod:`.datamodule`.
 from __future__ import annotations
 
 import copy
-import functools
-import importlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -44,6 +42,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torch.utils.data._utils.collate import default_collate
 
+from weightspace.data.callables import callable_name as callable_name
+from weightspace.data.callables import resolve_callable as resolve_callable
 from weightspace.data.normalizer import LayerNormalizer
 from weightspace.errors import ConfigError
 from weightspace.nets.layout import flatten_params, params_to_tokens, token_layout
@@ -79,27 +79,6 @@ def _open(zoos: Zoo | str | Path | Sequence[Zoo | str | Path]) -> list[Zoo]:
     if not items:
         raise ConfigError("dataset: no zoo given")
     return [z if isinstance(z, Zoo) else Zoo.open(z) for z in items]
-
-
-def resolve_callable(obj: Callable | str | None, what: str) -> Callable | None:
-    """A callable, or its import path ``"package.module.name"`` / ``"package.module:name"``."""
-    if obj is None or callable(obj):
-        return obj
-    if isinstance(obj, str):
-        module, _, name = obj.partition(":") if ":" in obj else obj.rpartition(".")
-        try:
-            return functools.reduce(getattr, name.split("."), importlib.import_module(module))
-        except (ImportError, AttributeError, ValueError) as e:
-            raise ConfigError(f"{what}: cannot import '{obj}' ({e})") from e
-    raise ConfigError(f"{what}: expected a callable or an import path, got {type(obj).__name__}")
-
-
-def callable_name(obj: Callable | str | None) -> str | None:
-    if obj is None or isinstance(obj, str):
-        return obj
-    module = getattr(obj, "__module__", None)
-    name = getattr(obj, "__qualname__", None) or type(obj).__qualname__
-    return f"{module}:{name}" if module else name
 
 
 def seed_from(*words: int) -> int:

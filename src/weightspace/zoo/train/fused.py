@@ -13,6 +13,26 @@ machine's C++ compiler (``-O3 -march=native``, ~2 s, no PyTorch headers) into a 
 the source, the compiler and the CPU's features (``$WEIGHTSPACE_CACHE`` or
 ``~/.cache/weightspace``), and called through :mod:`ctypes`, which releases the GIL.
 
+Loading a library runs its code (its constructors run inside ``dlopen``), so a cached file is
+loaded only once it is shown to be the one built here, checked before ``dlopen``:
+
+- **its own sha256, recorded at build time in its name**: ``kernels/fused_mlp-<key of the
+  inputs>-<sha256 of the library>.so``, written under a temporary name and renamed, so the
+  record and the bytes appear together or not at all (no second file that a crash or a
+  concurrent build could leave disagreeing). A file whose bytes do not hash to its name
+  (tampered, truncated, emptied), or with no digest in its name (an older version's), is
+  deleted and the kernel rebuilt, with one warning;
+- **a private folder**: ``kernels/`` must belong to the user and not be writable by group or
+  others (created ``0700``), and so must each file. The digest alone cannot stop someone who
+  may write the folder (they would name their file after its hash); ownership does, and it
+  also closes the window between the check and ``dlopen``. A folder that fails this is not
+  used at all: the torch path runs, with one warning (give ``$WEIGHTSPACE_CACHE`` a folder of
+  your own).
+
+A library that passes and still does not load (a broken toolchain wrote an empty file) is
+rebuilt once; if the fresh build does not load either, :class:`FusedUnavailable` says why and
+``trainer=auto`` falls back to the torch path with one warning, never a traceback.
+
 It covers what :class:`weightspace.zoo.train.hand.HandBackprop` covers (every activation, with or
 without biases, classification and regression, SGD with momentum and Adam) on CPU; weight
 normalization and GPUs use the torch path. Its numbers match the torch path's to float
@@ -21,16 +41,20 @@ rounding (``tests/nets/test_parity.py``), not bit for bit: a zoo records which t
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -80,7 +104,8 @@ def _cpu_features() -> str:
 
 @functools.cache
 def library() -> ctypes.CDLL:
-    """The compiled kernel (built into the cache on first use). Raises FusedUnavailable."""
+    """The compiled kernel: a verified build from the cache, else built now (see the module
+    docs). Raises FusedUnavailable."""
     if platform.system() == "Windows":
         raise FusedUnavailable("the fused kernel is built for Linux and macOS only")
     cxx = _compiler()
@@ -93,23 +118,128 @@ def library() -> ctypes.CDLL:
     key = hashlib.sha256(
         "\n".join([SOURCE.read_text(), " ".join(FLAGS), version, _cpu_features()]).encode()
     ).hexdigest()[:16]
-    path = cache_dir() / "kernels" / f"fused_mlp-{key}.so"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Built under a temporary name and renamed: concurrent builds cannot clash, and an
-        # interrupted one leaves no broken library behind.
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
+    folder = _private_folder(cache_dir() / "kernels")
+    refused = []  # "<file> <why>" of cached files not loaded
+    for path in sorted(folder.glob(f"fused_mlp-{key}*.so")):
+        why = _unverified(path)
+        if why is None:
+            try:
+                return _bind(path)
+            except FusedUnavailable as e:
+                why = str(e)
+        refused.append(f"{path.name} {why}")
+        _remove(path)
+    after = f" (after refusing the cached {'; '.join(refused)})" if refused else ""
+    try:
+        path = _build(cxx, key, folder)
+    except FusedUnavailable as e:
+        raise FusedUnavailable(f"{e}{after}") from None
+    try:
+        lib = _bind(path)
+    except FusedUnavailable as e:
+        _remove(path)
+        raise FusedUnavailable(f"the kernel just built, {path.name}, {e}{after}") from None
+    if refused:
+        warnings.warn(
+            f"fused kernel cache {folder}: refused {'; '.join(refused)}; rebuilt it",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return lib
+
+
+def _private_folder(folder: Path) -> Path:
+    """``folder``, made if needed (0700); refused unless the user owns it and no one else may
+    write to it."""
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = folder.stat()
+    except OSError as e:
+        raise FusedUnavailable(f"the kernel cache {folder} is not usable ({e})") from None
+    fix = "; give WEIGHTSPACE_CACHE a folder of your own"
+    if not stat.S_ISDIR(st.st_mode):
+        raise FusedUnavailable(f"the kernel cache {folder} is not a folder{fix}")
+    if st.st_uid != os.getuid():
+        raise FusedUnavailable(f"the kernel cache {folder} belongs to another user{fix}")
+    if st.st_mode & 0o022:
+        raise FusedUnavailable(
+            f"the kernel cache {folder} is writable by other users (mode "
+            f"{stat.S_IMODE(st.st_mode):o}): chmod go-w it{fix}"
+        )
+    return folder
+
+
+def _unverified(path: Path) -> str | None:
+    """Why the cached library ``path`` must not be loaded, or None: its digest, as its name
+    records it, matches its bytes; it is a regular file of the user's, writable by no one
+    else (read and checked through one open file: no symlink followed)."""
+    digest = path.stem.rpartition("-")[2]
+    if len(digest) != 64:
+        return "has no recorded sha256 (an older version's build)"
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            return "is not a regular file"
+        if st.st_uid != os.getuid() or st.st_mode & 0o022:
+            return "belongs to another user or is writable by others"
+        if _sha256(f) != digest:
+            return "does not match its recorded sha256 (altered or truncated)"
+    return None
+
+
+def _build(cxx: str, key: str, folder: Path) -> Path:
+    """Compile the kernel into ``folder``, named after ``key`` and its own sha256."""
+    # Built under a temporary name and renamed: concurrent builds cannot clash, and an
+    # interrupted one leaves no library (nor a digest) behind.
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".fused_mlp-{key}-", suffix=".so", dir=folder)
         os.close(fd)
+    except OSError as e:
+        raise FusedUnavailable(f"cannot write to the kernel cache {folder} ({e})") from None
+    try:
         cmd = [cxx, *FLAGS, "-shared", "-fPIC", str(SOURCE), "-o", tmp]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
-            os.unlink(tmp)
             err = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
             raise FusedUnavailable(f"building {SOURCE.name} failed: {err}")
+        os.chmod(tmp, 0o700)
+        with open(tmp, "rb") as f:
+            digest = _sha256(f)
+        path = folder / f"fused_mlp-{key}-{digest}.so"
         os.replace(tmp, path)
-    lib = ctypes.CDLL(str(path))
-    if lib.ws_abi_version() != ABI_VERSION:
-        raise FusedUnavailable(f"{path} is a different kernel version; delete it")
+    except OSError as e:
+        raise FusedUnavailable(f"building {SOURCE.name} failed: {e}") from None
+    finally:
+        _remove(Path(tmp))
+    return path
+
+
+def _sha256(f: BinaryIO) -> str:
+    h = hashlib.sha256()
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
+
+
+def _bind(path: Path) -> ctypes.CDLL:
+    """Load the library at ``path`` (already verified) and declare its functions."""
+    try:
+        lib = ctypes.CDLL(str(path))
+        abi = lib.ws_abi_version()
+    except (OSError, AttributeError) as e:
+        reason = (str(e).splitlines() or [type(e).__name__])[0]
+        raise FusedUnavailable(f"does not load ({reason})") from None
+    if abi != ABI_VERSION:
+        raise FusedUnavailable(f"is kernel version {abi}, not {ABI_VERSION}")
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
     lib.ws_train_epoch.restype = ctypes.c_int
     lib.ws_train_epoch.argtypes = [
