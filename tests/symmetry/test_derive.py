@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 from conftest import compose_cfg
 from hydra import compose, initialize_config_dir
 
+import weightspace.symmetry.derive as derive_module
 from weightspace.config import CONF_DIR
 from weightspace.errors import ConfigError, ZooError
 from weightspace.nets.forward import forward
@@ -17,7 +19,7 @@ from weightspace.nets.layout import flatten_params, weight_distance
 from weightspace.symmetry import undo_transform
 from weightspace.symmetry.derive import derive
 from weightspace.zoo.files import sha256_file
-from weightspace.zoo.store import Zoo
+from weightspace.zoo.store import Zoo, ZooWriter
 
 
 def derive_cfg(parent: Path, out: Path, *overrides: str):
@@ -94,3 +96,82 @@ def test_rerun_keeps_the_derived_zoo_and_bad_values_are_refused(parent, tmp_path
 def test_a_plain_zoo_has_no_transforms(parent):
     with pytest.raises(ZooError, match="not a derived zoo"):
         Zoo.open(parent).unit_transform(0, [0])
+
+
+# --------------------------------------------------------------------------- no stub folders
+@pytest.mark.parametrize(
+    "overrides, option",
+    [
+        (("transform.kind=align", "transform.epoch=2"), "transform.epoch"),  # not a checkpoint
+        (("transform.kind=align", "transform.max_iter=abc"), "transform.max_iter"),
+        (("transform.kind=merge_many", "transform.max_iter=0"), "transform.max_iter"),
+        (("transform.kind=merge_many", "transform.tol=-1"), "transform.tol"),
+        (("transform.kind=align", "transform.reference_member=99"), "reference_member"),
+        (("transform.kind=align", "transform.sign_aware=true"), "transform.sign_aware"),
+        (("transform.sign=true",), "transform.sign"),  # relu has no sign symmetry
+        (("transform.sort_key=incoming_norm",), "transform.sort_key"),  # 1 after scaling
+        (("transform.sort_key=size",), "transform.sort_key"),
+        (("transform.scale=maybe",), "transform.scale"),
+    ],
+)
+def test_bad_options_are_refused_before_the_folder_is_made(parent, tmp_path, overrides, option):
+    out = tmp_path / "derived"
+    with pytest.raises(ConfigError, match=option) as err:
+        derive(derive_cfg(parent, out, *overrides))
+    assert "\n" not in str(err.value)
+    assert not out.exists()
+
+
+def test_a_failed_run_leaves_no_stub_and_never_blocks_the_corrected_one(
+    parent, tmp_path, monkeypatch
+):
+    """A stub (fingerprint + config, nothing done) used to refuse the corrected command with
+    a misleading 'made from a different config'."""
+    out = tmp_path / "aligned"
+
+    def fail(*_args, **_kwargs):
+        raise RuntimeError("the alignment failed")
+
+    monkeypatch.setattr(derive_module, "find_alignment", fail)
+    with pytest.raises(RuntimeError):
+        derive(derive_cfg(parent, out, "transform.kind=align", "transform.max_iter=5"))
+    assert not out.exists()  # the folder the failed run made went with it
+    monkeypatch.undo()
+
+    # What a kill -9 during another command's alignment leaves: fingerprint and config only.
+    ZooWriter(out, "transform: {kind: align, max_iter: 5}\n", "another", overwrite=False)
+    derived = Zoo.open(derive(derive_cfg(parent, out, "transform.kind=align")))
+    assert len(derived) == len(Zoo.open(parent))
+    assert derived.derived_from["transform"]["max_iter"] == 100
+    # A finished zoo of another config is still protected.
+    with pytest.raises(ZooError, match="different config"):
+        derive(derive_cfg(parent, out, "transform.kind=align", "transform.max_iter=5"))
+
+
+def test_a_damaged_parent_is_refused_before_the_folder_is_made(parent, tmp_path):
+    copy = Path(shutil.copytree(parent, tmp_path / "parent"))
+    shard = copy / "shards" / "shard-00002.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[-10] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    out = tmp_path / "canon"
+    with pytest.raises(ZooError, match="shard-00002.safetensors: sha256"):
+        derive(derive_cfg(copy, out))
+    assert not out.exists()
+
+
+def test_parent_unset_is_a_config_error():
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("canonicalize", overrides=["progress=false"])
+    with pytest.raises(ConfigError, match="parent: required"):
+        derive(cfg)
+
+
+def test_rerun_with_other_non_defining_options_leaves_the_derived_zoo_untouched(parent, tmp_path):
+    out = tmp_path / "canon"
+    derive(derive_cfg(parent, out))
+    files = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.rglob("*") if p.is_file()}
+    derive(derive_cfg(parent, out, "progress=true"))
+    assert files == {
+        p: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.rglob("*") if p.is_file()
+    }

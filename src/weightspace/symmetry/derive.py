@@ -16,10 +16,15 @@ frame. Each shard stores the transform that maps a member's own weights to the d
 back to the member's frame with :func:`symmetry.undo_transform`. The metrics are the parent's
 (the functions are unchanged; a test checks it). The manifest names the transform and the
 parent's manifest checksum.
+
+Everything is checked before the output folder is made (the options against the parent, every
+parent file's sha256), and a run that fails before its first shard removes the folder it
+made: no stub is left to block the corrected command.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -33,9 +38,9 @@ from weightspace.cli import progress_bar
 from weightspace.config import fingerprint, to_dict
 from weightspace.errors import ConfigError, ZooError
 from weightspace.nets.spec import MLPSpec
-from weightspace.symmetry.canonical import canonicalize
+from weightspace.symmetry.canonical import SORT_KEYS, canonicalize
 from weightspace.symmetry.matching import merge_many, weight_matching
-from weightspace.symmetry.transforms import UnitTransform, apply_transform
+from weightspace.symmetry.transforms import ODD_ACTIVATIONS, UnitTransform, apply_transform
 from weightspace.zoo.files import sha256_file
 from weightspace.zoo.store import Zoo, ZooWriter
 
@@ -105,16 +110,83 @@ def _transform_tensors(ts: list[UnitTransform]) -> dict[str, torch.Tensor]:
     return {k: v.contiguous() for k, v in out.items()}
 
 
-def derive(cfg: DictConfig) -> Path:
-    """Write the derived zoo the config describes; returns its path. Resumes like generate."""
-    t0 = time.perf_counter()
-    tcfg = to_dict(cfg.transform)
+def _int_option(tcfg: dict, key: str, default: int, lo: int) -> None:
+    v = tcfg.get(key, default)
+    if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+        raise ConfigError(f"transform.{key}: must be an integer >= {lo}, got {v!r}")
+
+
+def _about(err: Exception, option: str) -> bool:
+    """Whether canonicalize's message ``err`` is about ``option``."""
+    return str(err).startswith(option.replace("_", " "))
+
+
+def check_options(parent: Zoo, tcfg: dict) -> None:
+    """Every transform option checked against the parent, before anything is written."""
     kind = tcfg.get("kind")
     if kind not in KINDS:
         raise ConfigError(f"transform.kind: unknown '{kind}' (choose from {', '.join(KINDS)})")
+    groups = {str(a): g for a, g in parent.members.groupby("activation")}
+    if kind == "canonical":
+        key = tcfg.get("sort_key")
+        if key is not None and key not in SORT_KEYS:
+            raise ConfigError(f"transform.sort_key: unknown {key!r} ({', '.join(SORT_KEYS)})")
+        for opt in ("sign", "scale"):
+            if not isinstance(tcfg.get(opt), bool | None):
+                raise ConfigError(f"transform.{opt}: must be true, false or null")
+        for group in groups.values():  # one member of each activation, its first checkpoint
+            m = int(group["member_id"].iloc[0])
+            e = parent.shard_epochs(int(group["shard"].iloc[0]))[0]
+            spec, params = parent.member_spec(m), parent.weights(e, [m], trainable=True)
+            try:
+                canonicalize(params, spec, key, tcfg.get("sign"), tcfg.get("scale"))
+            except ValueError as err:
+                opt = next((o for o in ("sort_key", "sign", "scale") if _about(err, o)), None)
+                raise ConfigError(f"transform{'.' + opt if opt else ''}: {err}") from err
+        return
+    _int_option(tcfg, "max_iter", 100, 1)
+    _int_option(tcfg, "seed", 0, 0)
+    tol = tcfg.get("tol", 0.0)
+    if isinstance(tol, bool) or not isinstance(tol, int | float) or not 0 <= tol < math.inf:
+        raise ConfigError(f"transform.tol: must be a finite number >= 0, got {tol!r}")
+    if not isinstance(tcfg.get("sign_aware", False), bool):
+        raise ConfigError("transform.sign_aware: must be true or false")
+    if tcfg.get("sign_aware") and not set(groups) <= ODD_ACTIVATIONS:
+        raise ConfigError(
+            f"transform.sign_aware: needs odd activations ({', '.join(sorted(ODD_ACTIVATIONS))})"
+            f", the zoo has {', '.join(groups)}"
+        )
+    if kind == "align":
+        _int_option(tcfg, "reference_member", 0, 0)
+        ref = tcfg.get("reference_member", 0)
+        for act, group in groups.items():
+            if ref not in set(group["member_id"]):
+                raise ConfigError(f"transform.reference_member: member {ref} is not a {act} member")
+    epoch = tcfg.get("epoch")
+    if epoch is not None:
+        _int_option(tcfg, "epoch", 0, 0)
+    for act, group in groups.items():
+        held = [parent.shard_epochs(int(s)) for s in group["shard"].unique()]
+        e = epoch if epoch is not None else min(h[-1] for h in held)
+        if any(e not in h for h in held):
+            raise ConfigError(
+                f"transform.epoch: not every {act} member has a checkpoint at epoch {e} "
+                f"(their shards hold {sorted({tuple(h) for h in held})})"
+            )
+
+
+def derive(cfg: DictConfig) -> Path:
+    """Write the derived zoo the config describes; returns its path. Resumes like generate."""
+    t0 = time.perf_counter()
+    for key in ("parent", "out"):
+        if OmegaConf.is_missing(cfg, key) or not str(cfg.get(key) or ""):
+            raise ConfigError(f"{key}: required" + (": the zoo to transform" * (key == "parent")))
+    tcfg = to_dict(cfg.transform)
     parent = Zoo.open(cfg.parent)
     if Path(cfg.out).resolve() == parent.root.resolve():
         raise ConfigError("out: the derived zoo must not overwrite its parent")
+    check_options(parent, tcfg)
+    parent.check_files()  # a damaged parent is refused now, not after the folder is made
     parent_cfg = parent.config
     resolved = {**parent_cfg, "derive": {"parent": str(parent.root), "transform": tcfg}}
     parent_manifest_sha = sha256_file(parent.root / "manifest.json")
@@ -123,8 +195,20 @@ def derive(cfg: DictConfig) -> Path:
         OmegaConf.to_yaml(OmegaConf.create(resolved)),
         fingerprint({"parent": parent.manifest["fingerprint"], "transform": tcfg}),
         bool(cfg.get("overwrite", False)),
+        replace_stub=True,
     )
+    try:
+        zoo = _write(cfg, parent, tcfg, writer, parent_manifest_sha)
+    except BaseException:
+        writer.discard_stub()
+        raise
+    print(f"{tcfg['kind']} zoo: {zoo.root} ({len(zoo)} members, {time.perf_counter() - t0:.1f} s)")
+    return zoo.root
 
+
+def _write(cfg: DictConfig, parent: Zoo, tcfg: dict, writer: ZooWriter, parent_sha: str) -> Zoo:
+    """The derived zoo's shards (those not done yet), then its tables and manifest."""
+    kind = tcfg["kind"]
     shards = _shard_table(parent)
     todo = [s for s in shards if not writer.shard_done(s)]
     aligned: dict[str, UnitTransform] = {}
@@ -190,7 +274,7 @@ def derive(cfg: DictConfig) -> Path:
     }
     manifest["derived_from"] = {
         "path": str(parent.root),
-        "manifest_sha256": parent_manifest_sha,
+        "manifest_sha256": parent_sha,
         "fingerprint": parent.manifest["fingerprint"],
         "transform": tcfg,
     }
@@ -198,8 +282,7 @@ def derive(cfg: DictConfig) -> Path:
     zoo = Zoo.open(cfg.out)
     if zoo.manifest["n_members"] != len(parent):
         raise ZooError(f"{cfg.out}: derived zoo has {len(zoo)} members, parent {len(parent)}")
-    print(f"{kind} zoo: {zoo.root} ({len(zoo)} members, {time.perf_counter() - t0:.1f} s)")
-    return zoo.root
+    return zoo
 
 
 def cli() -> None:

@@ -14,7 +14,9 @@ Layout (``docs/zoo-format.md`` is the full description)::
 No pickle anywhere. Every file is written to a temporary name and renamed into place
 (:mod:`weightspace.zoo.files`), so a killed run leaves complete files or none;
 ``manifest.json`` is written last of all, and a folder without it is an unfinished zoo that
-the same command resumes.
+the same command resumes. A finished zoo is never rewritten by a re-run whose config differs
+only in options that do not define the zoo (``progress``, paths). ``Zoo.open`` trusts nothing
+in the files before :mod:`weightspace.zoo.manifest` has checked it.
 """
 
 from __future__ import annotations
@@ -43,22 +45,39 @@ from weightspace.zoo.files import (
     save_safetensors,
     sha256_file,
 )
+from weightspace.zoo.manifest import (
+    MANIFEST,
+    SCHEMA_VERSION,
+    TABLES,
+    Header,
+    check_layout,
+    check_manifest,
+    read_header,
+    record_files,
+    shard_name,
+)
 
-SCHEMA_VERSION = 1
-MANIFEST = "manifest.json"
-
-
-def shard_name(index: int) -> str:
-    return f"shards/shard-{index:05d}"
+__all__ = ["MANIFEST", "SCHEMA_VERSION", "Zoo", "ZooWriter", "resolve_zoo", "shard_name"]
 
 
 # --------------------------------------------------------------------------- writing
 class ZooWriter:
     """Writes one zoo folder; knows which shards exist already, so a re-run resumes."""
 
-    def __init__(self, root: str | Path, config_yaml: str, fingerprint: str, overwrite: bool):
+    def __init__(
+        self,
+        root: str | Path,
+        config_yaml: str,
+        fingerprint: str,
+        overwrite: bool,
+        replace_stub: bool = False,
+    ):
+        """``replace_stub``: a folder of another config that holds nothing done yet (no shard
+        record, no manifest: what a run that failed early leaves) is replaced without
+        ``overwrite``. Off for generation, whose jobs may start one zoo side by side."""
         self.root = Path(root)
         self.fingerprint = fingerprint
+        self._config = config_yaml.encode()
         stamp = self.root / "fingerprint.txt"
         self._create(fingerprint)
         if self.root.exists() and any(self.root.iterdir()):
@@ -67,7 +86,7 @@ class ZooWriter:
                     f"{self.root}: folder exists and is not a zoo; choose another zoo.path"
                 )
             if stamp.read_text().strip() != fingerprint:
-                if not overwrite:
+                if not (overwrite or (replace_stub and self.is_stub())):
                     raise ZooError(
                         f"{self.root}: holds a zoo made from a different config; "
                         "pass overwrite=true to replace it or choose another zoo.path"
@@ -76,7 +95,23 @@ class ZooWriter:
         self.root.mkdir(parents=True, exist_ok=True)
         if not stamp.exists():
             atomic_write_bytes(stamp, (fingerprint + "\n").encode())
-        atomic_write_bytes(self.root / "config.yaml", config_yaml.encode())
+        # A finished zoo's config.yaml is in its manifest: rewriting it here, long before the
+        # manifest, would leave the zoo unreadable if the run were killed in between.
+        self._config_pending = (self.root / MANIFEST).exists()
+        if not self._config_pending:
+            atomic_write_bytes(self.root / "config.yaml", self._config)
+
+    def is_stub(self) -> bool:
+        """Nothing done here yet: no manifest and no shard record."""
+        return not (self.root / MANIFEST).exists() and not any(self.root.glob("shards/*.json"))
+
+    def discard_stub(self) -> None:
+        """Remove the folder if it is a stub holding only a zoo's own files (a run that failed
+        before its first shard leaves nothing behind)."""
+        own = {"fingerprint.txt", "config.yaml", "plan.json", "shards"}
+        entries = list(self.root.iterdir()) if self.root.is_dir() else []
+        if self.is_stub() and all(p.name in own or p.name.startswith(".") for p in entries):
+            shutil.rmtree(self.root, ignore_errors=True)
 
     def _create(self, fingerprint: str) -> None:
         """Make a new zoo folder with its fingerprint already inside, in one rename: jobs of
@@ -107,17 +142,17 @@ class ZooWriter:
 
     def write_plan(self, n_shards: int) -> None:
         """Record how many shards the zoo has, so an unfinished zoo can say which are missing."""
-        atomic_write_bytes(self.root / "plan.json", json.dumps({"n_shards": n_shards}).encode())
+        plan, data = self.root / "plan.json", json.dumps({"n_shards": n_shards}).encode()
+        if not plan.exists() or plan.read_bytes() != data:
+            atomic_write_bytes(plan, data)
 
     def shard_done(self, index: int) -> bool:
         """A shard counts as done when its record exists and its files match it."""
-        record = self.root / f"{shard_name(index)}.json"
-        if not record.exists():
+        if not (self.root / f"{shard_name(index)}.json").exists():
             return False
-        info = json.loads(record.read_text())
         return all(
             (self.root / rel).exists() and (self.root / rel).stat().st_size == meta["bytes"]
-            for rel, meta in info["files"].items()
+            for rel, meta in record_files(self.root, index).items()
         )
 
     def write_shard(
@@ -162,6 +197,9 @@ class ZooWriter:
             "epochs": list(map(int, epochs)),
             "files": files,
         }
+        stamp = self.root / "fingerprint.txt"
+        if not stamp.exists() or stamp.read_text().strip() != self.fingerprint:
+            raise ZooError(f"{stamp}: changed while this run wrote the zoo (another config?)")
         atomic_write_bytes(self.root / f"{base}.json", json.dumps(record, indent=1).encode())
 
     def finalize(self, members: pd.DataFrame, manifest: dict[str, Any]) -> Path:
@@ -170,15 +208,18 @@ class ZooWriter:
         parts, files = [], {}
         for s in range(n_shards):
             record_path = self.root / f"{shard_name(s)}.json"
-            record = json.loads(record_path.read_text())
-            for rel, meta in record["files"].items():
+            record = record_files(self.root, s)
+            for rel, meta in record.items():
                 # A shard kept from an earlier run must still be what that run wrote.
                 if sha256_file(self.root / rel) != meta["sha256"]:
                     raise ZooError(
                         f"{self.root / rel}: sha256 differs from {record_path} (altered or "
                         f"corrupt); delete both to retrain the shard"
                     )
-            files.update(record["files"])
+            files.update(record)
+        if self._finished(files):
+            return self.root / MANIFEST  # left as it is: nothing of it would change
+        for s in range(n_shards):
             parts.append(pd.read_parquet(self.root / f"{shard_name(s)}.parquet"))
         metrics = pd.concat(parts, ignore_index=True)
         metrics = metrics.sort_values(["member_id", "epoch"], kind="stable", ignore_index=True)
@@ -190,7 +231,9 @@ class ZooWriter:
         metrics = metrics.drop(columns=["diverged_epoch"])
         atomic_write_parquet(self.root / "members.parquet", members)
         atomic_write_parquet(self.root / "metrics.parquet", metrics)
-        for name in ("members.parquet", "metrics.parquet", "config.yaml"):
+        if self._config_pending or not (self.root / "config.yaml").exists():
+            atomic_write_bytes(self.root / "config.yaml", self._config)
+        for name in TABLES:
             path = self.root / name
             files[name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
         manifest = {
@@ -205,6 +248,20 @@ class ZooWriter:
         }
         atomic_write_bytes(self.root / MANIFEST, json.dumps(manifest, indent=2).encode())
         return self.root / MANIFEST
+
+    def _finished(self, shard_files: dict[str, Any]) -> bool:
+        """A finished zoo of this fingerprint, intact, whose manifest lists ``shard_files``."""
+        if not (self.root / MANIFEST).exists():
+            return False
+        try:
+            m = Zoo.open(self.root, verify=False).manifest
+        except ZooError:
+            return False  # damaged: finalize rewrites the tables, then the manifest
+        return (
+            m["fingerprint"] == self.fingerprint
+            and {k: v for k, v in m["files"].items() if k not in TABLES} == shard_files
+            and all(sha256_file(self.root / n) == m["files"][n]["sha256"] for n in TABLES)
+        )
 
 
 # --------------------------------------------------------------------------- reading
@@ -225,9 +282,10 @@ def _unfinished_hint(root: Path) -> str:
     if not (root / "fingerprint.txt").exists():
         return "no zoo here"
     plan = root / "plan.json"
-    if not plan.exists():
+    try:
+        n = int(json.loads(plan.read_text())["n_shards"])
+    except (OSError, ValueError, KeyError, TypeError):
         return "generation did not finish; re-run the same command to resume"
-    n = json.loads(plan.read_text())["n_shards"]
     missing = [s for s in range(n) if not (root / f"{shard_name(s)}.json").exists()]
     if not missing:
         return "all shards are done; re-run the same command to resume and finish the zoo"
@@ -253,6 +311,7 @@ class Zoo:
         self.verify = verify
         self._verified: set[str] = set()
         self._maps: dict[int, tuple[list[int], dict[str, np.ndarray]]] = {}
+        self._headers: dict[int, Header] = {}  # each shard's checked safetensors header
 
     def __getstate__(self) -> dict[str, Any]:
         # Memory maps and cached tables stay behind: a worker process opens its own.
@@ -262,31 +321,37 @@ class Zoo:
 
     @classmethod
     def open(cls, path: str | Path, verify: bool = True) -> Zoo:
-        """Open a finished zoo. ``verify`` checks every file's sha256 the first time it is read."""
+        """Open a finished zoo. ``verify`` checks every file's sha256 the first time it is read.
+
+        Before anything else the manifest, the members table and every shard's header are
+        checked against each other (:mod:`weightspace.zoo.manifest`); a zoo that fails is
+        refused with one :class:`ZooError` line naming the file and the field.
+        """
         root = Path(path)
         mpath = root / MANIFEST
         if not mpath.exists():
             raise ZooError(f"{mpath}: missing ({_unfinished_hint(root)})")
         try:
             manifest = json.loads(mpath.read_text())
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
             raise ZooError(f"{mpath}: not valid JSON ({e})") from e
-        version = manifest.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise ZooError(
-                f"{mpath}: schema version {version}, this weightspace reads {SCHEMA_VERSION}"
-            )
-        zoo = cls(root, manifest, verify)
+        zoo = cls(root, check_manifest(mpath, manifest), verify)
         for rel, meta in manifest["files"].items():
             f = root / rel
-            if not f.exists():
+            if not f.is_file():
                 raise ZooError(f"{f}: missing from the zoo")
             if f.stat().st_size != meta["bytes"]:
                 raise ZooError(
                     f"{f}: {f.stat().st_size} bytes, the manifest says {meta['bytes']} "
                     "(truncated or altered)"
                 )
+        zoo._headers = check_layout(root, manifest, lambda: zoo.members)
         return zoo
+
+    def check_files(self) -> None:
+        """Check every file's sha256 now, not when it is first read."""
+        for rel in self.manifest["files"]:
+            self._check(rel)
 
     def _check(self, rel: str) -> Path:
         path = self.root / rel
@@ -301,12 +366,19 @@ class Zoo:
     @cached_property
     def members(self) -> pd.DataFrame:
         """One row per member, indexed by position (== member_id)."""
-        return pd.read_parquet(self._check("members.parquet"))
+        return self._table("members.parquet")
 
     @cached_property
     def metrics(self) -> pd.DataFrame:
         """One row per member x checkpoint: epoch, train/test loss and accuracy, diverged."""
-        return pd.read_parquet(self._check("metrics.parquet"))
+        return self._table("metrics.parquet")
+
+    def _table(self, rel: str) -> pd.DataFrame:
+        path = self._check(rel)
+        try:
+            return pd.read_parquet(path)
+        except (OSError, ValueError) as e:  # pyarrow's errors are OSErrors and ValueErrors
+            raise ZooError(f"{path}: not a readable Parquet table ({type(e).__name__})") from e
 
     @property
     def spec(self) -> MLPSpec:
@@ -343,18 +415,15 @@ class Zoo:
         """
         if shard not in self._maps:
             path = self._check(f"{shard_name(shard)}.safetensors")
-            with open(path, "rb") as f:
-                n = int.from_bytes(f.read(8), "little")
-                header = json.loads(f.read(n))
-            meta = header.pop("__metadata__", {})
-            raw = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n)
-            arrays = {}
-            for name, info in header.items():
-                if info["dtype"] != "F32":
-                    raise ZooError(f"{path}: tensor {name} is {info['dtype']}, expected F32")
-                lo, hi = info["data_offsets"]
-                arrays[name] = raw[lo:hi].view("<f4").reshape(info["shape"])
-            self._maps[shard] = (json.loads(meta["epochs"]), arrays)
+            header = self._headers[shard]
+            if read_header(path) != header:  # the header checked when the zoo was opened
+                raise ZooError(f"{path}: header: changed since the zoo was opened")
+            raw = np.memmap(path, dtype=np.uint8, mode="r", offset=header.data_start)
+            arrays = {
+                name: raw[lo:hi].view("<f4").reshape(shape)
+                for name, (_, shape, lo, hi) in header.tensors.items()
+            }
+            self._maps[shard] = (json.loads(header.metadata["epochs"]), arrays)
         return self._maps[shard]
 
     def shard_epochs(self, shard: int) -> list[int]:
@@ -426,6 +495,11 @@ class Zoo:
         factors: dict[str, list] = {}
         order = []
         for shard, group in rows.groupby("shard", sort=True):
+            if epoch not in self.shard_epochs(int(shard)):
+                raise ZooError(
+                    f"{self.root / shard_name(int(shard))}.safetensors: no checkpoint at epoch "
+                    f"{epoch} (this shard holds {self.shard_epochs(int(shard))})"
+                )
             e = self.shard_epochs(int(shard)).index(epoch)
             rel = f"{shard_name(int(shard))}.transform.safetensors"
             with safe_open(str(self._check(rel)), framework="pt") as f:
@@ -454,7 +528,14 @@ class Zoo:
     def config(self) -> dict[str, Any]:
         from omegaconf import OmegaConf
 
-        return OmegaConf.to_container(OmegaConf.load(self._check("config.yaml")), resolve=True)
+        path = self._check("config.yaml")
+        try:
+            config = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+        except Exception as e:  # YAML or interpolation errors: the file is at fault
+            raise ZooError(f"{path}: not a readable config ({type(e).__name__})") from e
+        if not isinstance(config, dict):
+            raise ZooError(f"{path}: not a config (a mapping)")
+        return config
 
     def task(self):
         """The task the members were trained on, loaded as it was at generation time."""
