@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -59,19 +58,16 @@ from weightspace.autoencoder.options import (
     DEFAULT_ENCODER,
     FeatureUse,
     part_factory,
-    part_kind,
 )
+from weightspace.autoencoder.reader import SCHEDULERS, WeightReader
 from weightspace.data.datamodule import WeightDataModule
 from weightspace.data.normalizer import LayerNormalizer
 from weightspace.errors import ConfigError
 from weightspace.features import FeatureSpec
-from weightspace.nets.forward import forward, forward_groups
-from weightspace.nets.layout import flatten_params, tokens_to_params, unflatten_params
+from weightspace.nets.layout import unflatten_params
 from weightspace.nets.spec import MLPSpec, Params
 
 __all__ = ["WeightAutoencoder", "probe_inputs"]
-
-SCHEDULERS = (None, "cosine")
 
 
 def probe_inputs(x: Tensor, n: int, seed: int = 0) -> Tensor:
@@ -81,7 +77,7 @@ def probe_inputs(x: Tensor, n: int, seed: int = 0) -> Tensor:
     return x[torch.randperm(len(x), generator=gen)[:n]].clone()
 
 
-class WeightAutoencoder(pl.LightningModule):
+class WeightAutoencoder(WeightReader, pl.LightningModule):
     """Autoencoder over flat, normalized MLP weights.
 
     Args:
@@ -171,32 +167,9 @@ class WeightAutoencoder(pl.LightningModule):
         self.spec = spec
         self.activations = list(activations)
         self.normalizer = None if normalizer is None else LayerNormalizer.from_dict(normalizer)
-        make_encoder = part_factory("encoder", encoder or DEFAULT_ENCODER)
-        self.reads_outputs = getattr(make_encoder.func, "reads_outputs", False)
-        # An encoder with ``reads_params`` gets the networks' own (denormalized) parameters
-        # ``{name: (N, *shape)}`` instead of normalized flat vectors: what symmetry-aware
-        # encoders need to see rescalings and sign flips as the symmetries they are.
-        self.reads_params = getattr(make_encoder.func, "reads_params", False)
-        extra = {}
-        reads_activations = getattr(make_encoder.func, "reads_activations", False)
-        # Outputs on probe inputs, or parameters canonicalized for the spec's one activation:
-        # a zoo mixing activations is read wrongly unless the encoder is told each member's.
-        one_activation = self.reads_outputs or (self.reads_params and not reads_activations)
-        if one_activation and len(self.activations) > 1:
-            kind = part_kind(encoder or DEFAULT_ENCODER)
-            raise ConfigError(
-                f"encoder.kind: {kind} needs a zoo of one activation, this one mixes "
-                f"{', '.join(self.activations)}"
-            )
-        if self.reads_outputs:
-            extra["n_probe"] = n_probe
-        if reads_activations:  # the zoo's, maybe mixed
-            extra["activations"] = tuple(self.activations)
+        # What the encoder reads (flat vectors, outputs, parameters): autoencoder.reader.
+        self.encoder = self._build_encoder(encoder or DEFAULT_ENCODER, latent_dim, n_probe)
         make_decoder = part_factory("decoder", decoder or DEFAULT_DECODER)
-        try:
-            self.encoder = make_encoder(self.spec, latent_dim, **extra)
-        except TypeError as e:  # an option the part does not take
-            raise ConfigError(f"encoder: {e}") from e
         try:
             self.decoder = make_decoder(self.spec, self.latent_width)
         except TypeError as e:
@@ -224,21 +197,9 @@ class WeightAutoencoder(pl.LightningModule):
             else None
         )
 
-        # Per-entry normalizer statistics, derived from the hyperparameters: not saved.
-        d = self.spec.n_params()
-        zeros, ones = torch.zeros(d), torch.ones(d)
-        mean = zeros if self.normalizer is None else self.normalizer.denormalize_flat(zeros)
-        std = ones if self.normalizer is None else self.normalizer.denormalize_flat(ones) - mean
-        self.register_buffer("weight_mean", mean, persistent=False)  # (D,)
-        self.register_buffer("weight_std", std, persistent=False)  # (D,)
+        # Per-entry normalizer statistics (derived, not saved) and the probe inputs (saved).
+        self._register_weight_buffers(n_probe, probe_inputs)
         self.tensor_sizes = [math.prod(s) for s in self.spec.param_shapes().values()]
-
-        shape = (n_probe, self.spec.widths[0])
-        if probe_inputs is not None and tuple(probe_inputs.shape) != shape:
-            raise ConfigError(f"probe_inputs: shape {tuple(probe_inputs.shape)}, expected {shape}")
-        self.register_buffer(
-            "probe_inputs", torch.zeros(shape) if probe_inputs is None else probe_inputs.float()
-        )
         if use.spec.function and len(self.activations) > 1:
             raise ConfigError(
                 f"features.function: needs a zoo of one activation, this one mixes "
@@ -314,18 +275,7 @@ class WeightAutoencoder(pl.LightningModule):
             checkpoint_path, map_location, hparams_file, strict, **kwargs
         )
 
-    # ---- the public API
-    @property
-    def encoder_kind(self) -> str:
-        """The encoder's label (``kind`` in its config, else its class name)."""
-        return part_kind(self.hparams.get("encoder") or DEFAULT_ENCODER)
-
-    def flat_weights(self, batch: Mapping[str, Tensor]) -> Tensor:
-        """Normalized flat weights ``(B, [V,] D)`` of a datamodule batch (flat or tokens)."""
-        if "weights" in batch:
-            return batch["weights"]
-        return flatten_params(tokens_to_params(batch["tokens"], self.spec), self.spec)
-
+    # ---- the public API (encoder_kind, flat_weights, denormalize, network_outputs: reader)
     def encode(self, batch_or_weights: Mapping[str, Tensor] | Tensor) -> Tensor:
         """Latents ``(..., latent)`` of a batch, or of normalized flat weights ``(..., D)``."""
         x = batch_or_weights
@@ -363,16 +313,6 @@ class WeightAutoencoder(pl.LightningModule):
             probe = (probe[0].detach().cpu(), probe[1].detach().cpu())
         return fs.compute(params, self.spec, probe)
 
-    def _encoder_input(self, flat: Tensor) -> Tensor | Params:
-        """What the encoder reads of normalized flat weights ``(N, D)``: the vectors, the
-        network's outputs on the probe inputs (``reads_outputs``), or its denormalized
-        parameters (``reads_params``)."""
-        if self.reads_outputs:
-            return self.network_outputs(flat)
-        if self.reads_params:
-            return unflatten_params(self.denormalize(flat), self.spec)
-        return flat
-
     def encode_learned(self, batch_or_weights: Mapping[str, Tensor] | Tensor) -> Tensor:
         """The encoder's own coordinates ``(..., latent_dim)``: the latent without the
         invariant features it carries (concatenated, or added through ``stats_in``)."""
@@ -395,10 +335,6 @@ class WeightAutoencoder(pl.LightningModule):
         """Normalized flat weights ``(..., D)`` from latents ``(..., latent)``."""
         return self.decoder(latent.reshape(-1, latent.shape[-1])).reshape(*latent.shape[:-1], -1)
 
-    def denormalize(self, flat: Tensor) -> Tensor:
-        """Normalized flat weights -> weights as the zoo stores them, same shape."""
-        return flat * self.weight_std + self.weight_mean
-
     def decode_params(self, latent: Tensor) -> Params:
         """Denormalized parameters ``{name: (..., *shape)}`` ready for ``mlp.forward``."""
         return unflatten_params(self.denormalize(self.decode(latent)), self.spec)
@@ -411,18 +347,6 @@ class WeightAutoencoder(pl.LightningModule):
     def recon_loss(self, pred: Tensor, target: Tensor) -> Tensor:
         """MSE per ``state_dict`` tensor, then the mean over tensors."""
         return reconstruction_loss(pred, target, self.tensor_sizes)
-
-    def network_outputs(self, flat: Tensor, activation: Tensor | None = None) -> Tensor:
-        """Outputs ``(N, n_probe, out)`` on the probe inputs of networks given as normalized
-        flat weights ``(N, D)``; ``activation``: ``(N,)`` codes into :attr:`activations`."""
-        params = unflatten_params(self.denormalize(flat), self.spec)
-        if activation is None or len(self.activations) == 1:
-            return forward(params, self.probe_inputs, self.spec)
-        specs = [replace(self.spec, activation=self.activations[c]) for c in activation.tolist()]
-        out = flat.new_empty(len(flat), len(self.probe_inputs), self.spec.widths[-1])
-        for idx, y in forward_groups(params, self.probe_inputs, specs):
-            out[idx] = y
-        return out
 
     def functional_loss(self, pred: Tensor, target: Tensor) -> Tensor:
         """Decoded outputs ``pred`` vs the original's ``target``, both ``(N, n_probe, out)``."""
@@ -510,33 +434,3 @@ class WeightAutoencoder(pl.LightningModule):
         self._log_terms(
             "test", self.compute_losses(batch, functional=True), len(batch["member_id"])
         )
-
-    def configure_optimizers(self) -> Any:
-        hp = self.hparams
-        # Biases and norm gains (1-d) are not decayed: pulling them to 0 only hurts.
-        decay = [p for p in self.parameters() if p.dim() >= 2 and p.requires_grad]
-        rest = [p for p in self.parameters() if p.dim() < 2 and p.requires_grad]
-        opt = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": hp.weight_decay},
-                {"params": rest, "weight_decay": 0.0},
-            ],
-            lr=hp.lr,
-        )
-        if hp.scheduler is None:
-            return opt
-        total = self.trainer.estimated_stepping_batches
-        if not math.isfinite(total):
-            raise ConfigError(
-                "scheduler=cosine: needs a finite trainer.max_epochs or trainer.max_steps"
-            )
-        warmup = int(hp.warmup_steps)
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = (step - warmup) / max(1, total - warmup)
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -7,7 +7,7 @@ one config root every entry point shares). A run folder holds everything a run w
     <run_dir>/
       run.json              zoo path and the W&B run id (a resumed run continues that W&B run)
       config.yaml           the resolved config
-      checkpoints/          last.ckpt and best-*.ckpt (lowest val/recon)
+      checkpoints/          last.ckpt and best-*.ckpt (lowest val/recon, or the model's ``monitor``)
       csv/version_N/        metrics.csv and hparams.yaml (a new version per resume)
       metrics.json          the final metrics ``train`` returns
 
@@ -164,13 +164,13 @@ def build_loggers(cfg: DictConfig, run_dir: Path, wandb_id: str) -> list[Logger]
     return loggers
 
 
-def build_callbacks(run_dir: Path) -> list[Callback]:
-    """The last checkpoint (for resuming) and the best one on ``val/recon``."""
+def build_callbacks(run_dir: Path, monitor: str = "val/recon") -> list[Callback]:
+    """The last checkpoint (for resuming) and the best one (lowest ``monitor``)."""
     return [
         ModelCheckpoint(
             dirpath=run_dir / "checkpoints",
             filename="best-{epoch:03d}-{step}",
-            monitor="val/recon",
+            monitor=monitor,
             mode="min",
             save_top_k=1,
             save_last=True,
@@ -215,7 +215,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     record = _run_record(run_dir, zoo)
     _write_run_files(run_dir, record, cfg)
     loggers = build_loggers(cfg, run_dir, record["wandb_id"])
-    callbacks = build_callbacks(run_dir)
+    # A model that logs no val/recon (the supervised WeightPredictor) names its own metric.
+    callbacks = build_callbacks(run_dir, getattr(model, "monitor", "val/recon"))
     # Extra callbacks from the config: {name: {_target_: ...}} (e.g. a test's data recorder).
     callbacks += [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     trainer: pl.Trainer = instantiate(
