@@ -1,6 +1,7 @@
 """Helpers shared by the tests of several stages, imported like ``conftest`` (``tests/`` is on
 ``sys.path``): ``from helpers import SMALL_OVERRIDES``.
 
+- :func:`quiet_trainer`: a Lightning trainer on the CPU that writes and prints nothing.
 - :data:`SMALL_OVERRIDES`: the autoencoder config made small and quiet for CPU tests (used by
   the autoencoder tests, the sweep test and the DDP test).
 """
@@ -16,3 +17,18 @@ SMALL_OVERRIDES = (
     "trainer.enable_progress_bar=false",
     "trainer.log_every_n_steps=1",
 )
+
+
+def quiet_trainer(**kwargs):
+    """A Lightning trainer on the CPU that logs, checkpoints and prints nothing; ``kwargs``
+    add to those settings (``max_steps=2``, ``limit_val_batches=0``, ...)."""
+    import pytorch_lightning as pl
+
+    quiet = {
+        "accelerator": "cpu",
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    }
+    return pl.Trainer(**{**quiet, **kwargs})

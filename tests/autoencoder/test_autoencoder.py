@@ -11,7 +11,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from conftest import REPO, run_cli
-from helpers import SMALL_OVERRIDES
+from helpers import SMALL_OVERRIDES, quiet_trainer
 from hydra import compose, initialize_config_dir
 from hydra.utils import get_class, get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -328,15 +328,7 @@ def test_checkpoint_reloads_strictly_with_identical_outputs(encoder, views_datam
         functional_weight=1.0,
         features={"weight": 0.5, "input": True},
     )
-    trainer = pl.Trainer(
-        max_steps=2,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
+    trainer = quiet_trainer(max_steps=2, limit_val_batches=0)
     trainer.fit(model, datamodule=views_datamodule)
     path = tmp_path / "model.ckpt"
     trainer.save_checkpoint(path)

@@ -4,9 +4,8 @@ the autoencoder, strict reload and the entry point."""
 from __future__ import annotations
 
 import pytest
-import pytorch_lightning as pl
 import torch
-from helpers import SMALL_OVERRIDES
+from helpers import SMALL_OVERRIDES, quiet_trainer
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -219,15 +218,7 @@ def test_model_trains_and_its_latent_is_invariant(datamodule):
 
 def test_checkpoint_reloads_strictly_with_identical_outputs(datamodule, tmp_path):
     model = graph_model(datamodule, functional_weight=1.0, features={"input": "concat"})
-    trainer = pl.Trainer(
-        max_steps=2,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
+    trainer = quiet_trainer(max_steps=2, limit_val_batches=0)
     trainer.fit(model, datamodule=datamodule)
     path = tmp_path / "model.ckpt"
     trainer.save_checkpoint(path)

@@ -7,9 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import pytorch_lightning as pl
 import torch
-from helpers import SMALL_OVERRIDES
+from helpers import SMALL_OVERRIDES, quiet_trainer
 from hydra import compose, initialize_config_dir
 
 from weightspace.autoencoder import WeightAutoencoder
@@ -181,15 +180,7 @@ def test_trains_and_reloads_strictly(datamodule, tmp_path):
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters())
     assert values[-1] < 0.7 * values[0], f"{values[0]:.4f} -> {values[-1]:.4f}"
 
-    trainer = pl.Trainer(
-        max_steps=2,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
+    trainer = quiet_trainer(max_steps=2, limit_val_batches=0)
     trainer.fit(model, datamodule=datamodule)
     path = tmp_path / "model.ckpt"
     trainer.save_checkpoint(path)

@@ -6,10 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import pytorch_lightning as pl
 import torch
 from conftest import compose_cfg
-from helpers import SMALL_OVERRIDES
+from helpers import SMALL_OVERRIDES, quiet_trainer
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
@@ -71,17 +70,6 @@ def mean_train_loss(model: WeightPredictor, dm: WeightDataModule) -> float:
         losses = [float(model._step(b)[0]) for b in dm.train_dataloader()]
     model.train()
     return sum(losses) / len(losses)
-
-
-def quiet_trainer(**kw) -> pl.Trainer:
-    return pl.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        **kw,
-    )
 
 
 def sup_cfg(root: Path, zoo: Path, *overrides: str) -> DictConfig:

@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 from conftest import compose_cfg
+from helpers import quiet_trainer
 
 from weightspace.data.datamodule import (
     EpochShuffleSampler,
@@ -522,16 +523,7 @@ def test_datamodule_in_a_lightning_fit_draws_new_views_each_epoch(api_zoo_path, 
         api_zoo_path, batch_size=64, augment=random_permutation, views=2, epochs=[3]
     )
     model = Probe()
-    trainer = pl.Trainer(
-        max_epochs=2,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(max_epochs=2, limit_val_batches=0, default_root_dir=tmp_path)
     trainer.fit(model, datamodule=dm)
     # A callable augment is kept in the hyperparameters by its import path.
     assert dm.hparams["augment"] == f"{__name__}:random_permutation"
