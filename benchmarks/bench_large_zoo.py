@@ -82,7 +82,8 @@ def synthesize(template: Path, n: int, path: Path) -> Path:
     """A zoo of ``n`` members in the zoo format, cycled from ``template`` plus 1% noise."""
     import torch
 
-    from weightspace.zoo.store import MANIFEST, Zoo, ZooWriter
+    from weightspace.zoo.store import MANIFEST, Zoo
+    from weightspace.zoo.writer import ZooWriter
 
     if (path / MANIFEST).exists() and Zoo.open(path).manifest["n_members"] == n:
         return path

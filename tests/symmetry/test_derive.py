@@ -19,7 +19,8 @@ from weightspace.nets.layout import flatten_params, weight_distance
 from weightspace.symmetry import undo_transform
 from weightspace.symmetry.derive import derive
 from weightspace.zoo.files import sha256_file
-from weightspace.zoo.store import Zoo, ZooWriter
+from weightspace.zoo.store import Zoo
+from weightspace.zoo.writer import ZooWriter
 
 
 def derive_cfg(parent: Path, out: Path, *overrides: str):

@@ -783,3 +783,20 @@ def test_weight_distance():
     torch.testing.assert_close(
         weight_distance(p, q), weight_distance(flatten_params(p, spec), flatten_params(q, spec))
     )
+
+
+@FAST
+@given(net=networks(weight_norm=False), seed=st.integers(0, 99))
+def test_canonical_unit_frame_fixes_scale_and_signs_and_keeps_the_unit_order(net, seed):
+    """What the symmetry-aware encoders read: a rescaled / sign-flipped copy gets the same
+    frame, a permuted copy the permuted frame, and the function is kept."""
+    spec, params = net
+    frame = S.canonical_unit_frame(params, spec)
+    assert_same_function(spec, params, frame, probe(spec, seed))
+    ps = S.mlp_permutation_spec(spec)
+    t = S.random_transform(spec, _m(params), gen(seed))
+    moved = _copy(spec, params, seed, scale=True)  # permuted, flipped and rescaled as allowed
+    got = S.canonical_unit_frame(moved, spec)
+    assert_params_equal(got, S.apply_permutation(ps, t.perms, frame), exact=False, tol=1e-4)
+    if spec.activation not in S.HOMOGENEOUS_ACTIVATIONS | S.ODD_ACTIVATIONS:
+        assert_params_equal(frame, params)  # nothing to fix: left as it is

@@ -16,8 +16,9 @@ from conftest import SCRIPT, cli_env, cli_overrides, compose_cfg, run_cli
 
 from weightspace.errors import ConfigError, ZooError
 from weightspace.zoo.generate import generate
-from weightspace.zoo.store import MANIFEST, Zoo, ZooWriter
+from weightspace.zoo.store import MANIFEST, Zoo
 from weightspace.zoo.train.loop import train_population
+from weightspace.zoo.writer import ZooWriter
 
 # Two batch sizes (so two static groups), two learning rates, both data orders: 12 members
 # in shards of at most 4 -> 2 groups of 6 -> shards of 4, 2, 4, 2.

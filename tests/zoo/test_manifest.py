@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 from weightspace.errors import ZooError
 from weightspace.zoo.files import sha256_file
 from weightspace.zoo.generate import generate
-from weightspace.zoo.store import MANIFEST, Zoo, ZooWriter
+from weightspace.zoo.store import MANIFEST, Zoo
+from weightspace.zoo.writer import ZooWriter
 
 SHARD = "shards/shard-00001.safetensors"
 

@@ -9,7 +9,6 @@ import torch
 from safetensors import safe_open
 
 import weightspace.zoo.files as files_module
-import weightspace.zoo.store as zoo_module
 from weightspace.errors import ZooError
 from weightspace.nets.forward import MLP
 from weightspace.nets.spec import MLPSpec
@@ -17,6 +16,7 @@ from weightspace.zoo.files import atomic_write_bytes, sha256_file
 from weightspace.zoo.init import init_member
 from weightspace.zoo.population import DEFAULT_HPARAMS
 from weightspace.zoo.store import MANIFEST, Zoo
+from weightspace.zoo.writer import ZooWriter
 
 N, EPOCHS, CHECKPOINTS = 12, 3, [0, 1, 3]
 
@@ -262,11 +262,11 @@ def test_jobs_starting_one_zoo_side_by_side_all_get_in(tmp_path):
     root = tmp_path / "zoos" / "digits"
 
     def start(_):
-        return zoo_module.ZooWriter(root, "a: 1\n", "abc", overwrite=False).root
+        return ZooWriter(root, "a: 1\n", "abc", overwrite=False).root
 
     with ThreadPoolExecutor(8) as pool:
         assert list(pool.map(start, range(32))) == [root] * 32
     assert (root / "fingerprint.txt").read_text() == "abc\n"
     assert [p.name for p in tmp_path.joinpath("zoos").iterdir()] == ["digits"]  # no leftovers
     with pytest.raises(ZooError, match="different config"):
-        zoo_module.ZooWriter(root, "a: 2\n", "xyz", overwrite=False)
+        ZooWriter(root, "a: 2\n", "xyz", overwrite=False)

@@ -60,8 +60,7 @@ from weightspace.nets.spec import MLPSpec, Params, layers
 from weightspace.symmetry import (
     HOMOGENEOUS_ACTIVATIONS,
     ODD_ACTIVATIONS,
-    canonical_scale,
-    canonical_signs,
+    canonical_unit_frame,
 )
 
 __all__ = ["GraphEncoder", "MessagePassing"]
@@ -223,10 +222,7 @@ class GraphEncoder(nn.Module):
         """Per layer ``(W (N, out, in), b (N, out) or None)``: the canonical representative
         of each network's scale / sign orbit (as the zoo's activations allow), detached."""
         p = {k: v.detach() for k, v in params.items()}
-        if self.scale:
-            p, _ = canonical_scale(p, self.canon_spec)
-        if self.sign:
-            p, _ = canonical_signs(p, self.canon_spec)
+        p = canonical_unit_frame(p, self.canon_spec, self.scale, self.sign)
         return list(layers(p, self.spec))
 
     def graph(self, wb: list[tuple[Tensor, Tensor | None]]) -> tuple[Tensor, list[Tensor]]:

@@ -33,8 +33,7 @@ from weightspace.nets.spec import MLPSpec, Params, layers
 from weightspace.symmetry import (
     HOMOGENEOUS_ACTIVATIONS,
     ODD_ACTIVATIONS,
-    canonical_scale,
-    canonical_signs,
+    canonical_unit_frame,
 )
 
 __all__ = ["NFNEncoder", "NPLayer"]
@@ -199,11 +198,7 @@ class NFNEncoder(nn.Module):
 
     def canonicalize(self, params: Params) -> Params:
         """The networks in the canonical form of their scale / sign symmetries."""
-        if self.scale:
-            params, _ = canonical_scale(params, self.spec)
-        if self.sign:
-            params, _ = canonical_signs(params, self.spec)
-        return params
+        return canonical_unit_frame(params, self.spec, self.scale, self.sign)
 
     def features(self, params: Params) -> tuple[Features, Tensor]:
         """Per layer ``W (N, out, in, 1)``, ``b (N, out, 1)`` at unit RMS, and the log RMS

@@ -219,6 +219,21 @@ def _resolve(flag: bool | None, allowed: bool, what: str, activation: str) -> bo
     return bool(flag)
 
 
+def canonical_unit_frame(
+    params: Params, spec: MLPSpec, scale: bool | None = None, sign: bool | None = None
+) -> Params:
+    """Each network's rescaling / sign-flip orbit brought to one representative, its units
+    left in their order: unit incoming norm (``scale``), then fixed signs (``sign``); ``None``
+    means "where ``spec.activation`` allows", as in :func:`canonicalize`. What an encoder that
+    is permutation-invariant by construction reads to be invariant to these symmetries too."""
+    act = spec.activation
+    if _resolve(scale, act in HOMOGENEOUS_ACTIVATIONS, "scale canonicalization", act):
+        params, _ = canonical_scale(params, spec)
+    if _resolve(sign, act in ODD_ACTIVATIONS, "sign canonicalization", act):
+        params, _ = canonical_signs(params, spec)
+    return params
+
+
 def canonicalize(
     params: Params,
     spec: MLPSpec,

@@ -42,7 +42,8 @@ from weightspace.symmetry.canonical import SORT_KEYS, canonicalize
 from weightspace.symmetry.matching import merge_many, weight_matching
 from weightspace.symmetry.transforms import ODD_ACTIVATIONS, UnitTransform, apply_transform
 from weightspace.zoo.files import sha256_file
-from weightspace.zoo.store import Zoo, ZooWriter
+from weightspace.zoo.store import Zoo
+from weightspace.zoo.writer import ZooWriter
 
 KINDS = ("canonical", "align", "merge_many")
 

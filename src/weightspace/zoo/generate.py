@@ -26,9 +26,10 @@ from weightspace.errors import ConfigError
 from weightspace.nets.spec import MLPSpec
 from weightspace.tracking import wandb_run
 from weightspace.zoo.population import STATIC_KEYS, sample_population
-from weightspace.zoo.store import Zoo, ZooWriter
+from weightspace.zoo.store import Zoo
 from weightspace.zoo.tasks import Task, load_task, task_summary
 from weightspace.zoo.train.loop import checkpoint_epochs, choose_trainer, train_population
+from weightspace.zoo.writer import ZooWriter
 
 
 @dataclass
