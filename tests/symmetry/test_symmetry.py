@@ -77,7 +77,7 @@ def gen(seed: int = 0) -> torch.Generator:
 
 
 # --------------------------------------------------------------------------- trained nets
-TRAINED = [("relu", False), ("tanh", False), ("identity", False), ("relu", True)]
+TRAINED = [("relu", False), ("tanh", False), ("identity", False), ("relu", True), ("sine", False)]
 
 
 @pytest.fixture(scope="module")
@@ -195,6 +195,26 @@ def test_transforms_preserve_random_networks(name, data):
     if out is not None:  # only the sort by bias of a network without biases
         assert set(out) == set(params)
         assert_same_function(spec, params, out, x)
+
+
+def test_siren_inrs_keep_their_function_under_sign_flips_and_permutations():
+    """SIRENs (sine, w0 = 30: first-layer weights up to 15) fitted to digit images: every
+    transform that applies to sine (an odd activation) keeps the fitted image."""
+    from weightspace.zoo.tasks import load_task
+
+    task = load_task({"name": "inr_digits", "n_signals": 4})
+    spec = MLPSpec((2, 16, 16, 1), "sine")
+    hp = {"init": "siren", "activation": "sine", "optimizer": "adam", "lr": 0.01}
+    members = sample_population({**hp, "batch_size": 64, "epochs": 40, "signal": [0, 1, 2, 3]}, 4)
+    result = train_population(task, spec, members, [])
+    params = {k: v[:, -1] for k, v in result.weights.items()}
+    assert "sine" in S.ODD_ACTIVATIONS
+    for name, f in TRANSFORMS.items():
+        if _applies(name, "sine", False):
+            out = f(spec, params, task.coords)
+            assert_same_function(spec, params, out, task.coords)
+    flipped = S.canonical_signs(params, spec)[0]
+    assert not torch.equal(flipped["layers.0.weight"], params["layers.0.weight"])
 
 
 def test_transforms_change_the_weights(trained):

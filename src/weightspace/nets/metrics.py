@@ -6,7 +6,7 @@
 chunk of examples (:func:`eval_chunk`), through :func:`forward_classes_first`: the reference
 forward (:func:`weightspace.nets.forward.forward`) computed with the output's classes on a
 strided axis, where a softmax over them is fast (``tests/nets/test_parity.py`` checks it
-against the reference).
+against the reference). :func:`psnr` turns an INR's mean squared error into dB.
 """
 
 from __future__ import annotations
@@ -61,6 +61,9 @@ def evaluate(
 ) -> tuple[Tensor, Tensor]:
     """Mean loss and accuracy (NaN for regression) of every member on (x, y): two (M,).
 
+    y: (N,) class indices, (N, out) regression targets shared by the members, or (M, N, out)
+    each member's own targets (INR zoos: every member fits its own signal).
+
     ``chunk``: examples per forward (default: a budget of activation entries); a member's
     numbers depend on it (in the last bit), not on the other members.
 
@@ -76,11 +79,14 @@ def evaluate(
     loss_sum = torch.zeros(m, dtype=torch.float64, device=x.device)
     correct = torch.zeros(m, dtype=torch.float64, device=x.device)
     buffers: dict = {}
+    own = y.dim() == 3  # per-member targets (M, N, out)
     for s in range(0, len(x), chunk):
-        xb, yb = x[s : s + chunk], y[s : s + chunk]
+        xb, yb = x[s : s + chunk], (y[:, s : s + chunk] if own else y[s : s + chunk])
         z = forward_classes_first(params, xb, spec, buffers)  # (M, out, n)
         n = xb.shape[0]
-        if task.is_classification:
+        if own:
+            loss_sum += (z - yb.mT).square().mean(1).double().sum(1)
+        elif task.is_classification:
             lsm = torch.log_softmax(z, 1)
             loss_sum -= lsm.gather(1, yb.view(1, 1, n).expand(m, 1, n)).double().sum((1, 2))
             # max's indices are argmax's (the first maximum; NaN counts as the maximum)
@@ -90,6 +96,12 @@ def evaluate(
     n = len(x)
     acc = correct / n if task.is_classification else torch.full_like(correct, float("nan"))
     return (loss_sum / n).float(), acc.float()
+
+
+def psnr(mse: Tensor, peak: Tensor) -> Tensor:
+    """Peak signal-to-noise ratio in dB, ``10 log10(peak^2 / mse)``, elementwise (float64
+    inside). ``peak``: the signal's value range (max - min), as INR zoos report it."""
+    return (10 * torch.log10(peak.double() ** 2 / mse.double())).float()
 
 
 # --------------------------------------------------------------------------- classes first
@@ -106,6 +118,8 @@ def activation_(name: str, a: Tensor, out: Tensor | None = None) -> Tensor:
         return torch._C._nn.gelu(a, out=out)
     if name == "leaky_relu":
         return torch._C._nn.leaky_relu(a, LEAKY_SLOPE, out=out)
+    if name == "sine":
+        return torch.sin(a, out=out)
     return out.copy_(a) if out is not a else a  # identity
 
 

@@ -68,7 +68,16 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "sigmoid": torch.sigmoid,
     "leaky_relu": F.leaky_relu,  # negative slope 0.01, as nn.LeakyReLU
     "identity": lambda x: x,
+    "sine": torch.sin,  # SIREN's activation; w0 lives in the weights (weightspace.zoo.init)
 }
+
+
+class Sine(nn.Module):
+    """``sin(x)``, elementwise: the sine activation as a module (PyTorch has none)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.sin(x)
+
 
 # Modules with the same functions, for the plain-PyTorch twin.
 _ACTIVATION_MODULES: dict[str, Callable[[], nn.Module]] = {
@@ -78,6 +87,7 @@ _ACTIVATION_MODULES: dict[str, Callable[[], nn.Module]] = {
     "sigmoid": nn.Sigmoid,
     "leaky_relu": nn.LeakyReLU,
     "identity": nn.Identity,
+    "sine": Sine,
 }
 
 

@@ -30,7 +30,7 @@ from weightspace.symmetry.permutations import (
 )
 
 # a(-z) = -a(z): a unit's sign can be flipped.
-ODD_ACTIVATIONS = frozenset({"tanh", "identity"})
+ODD_ACTIVATIONS = frozenset({"tanh", "identity", "sine"})
 # a(c z) = c a(z) for c > 0: a unit's positive scale can be moved to its outgoing weights.
 HOMOGENEOUS_ACTIVATIONS = frozenset({"relu", "leaky_relu", "identity"})
 

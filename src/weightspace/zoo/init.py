@@ -12,6 +12,16 @@ Schemes (all multiplied by ``init_scale``):
 - ``kaiming``: N(0, 2 / fan_in) (He et al., 2015), suited to ReLU.
 - ``orthogonal``: a random (semi-)orthogonal matrix (Saxe et al., 2014).
 - ``constant``: every weight equals ``init_value``: no symmetry breaking at all.
+- ``siren``: SIREN's init (Sitzmann et al., 2020) for sine networks with first-layer frequency
+  ``w0`` (the ``w0`` hyperparameter, default 30). SIREN computes ``sin(w0 (W x + b))``; a zoo
+  stores the effective weights of a plain ``sine`` MLP, ``sin(W' x + b')`` with ``W' = w0 W``,
+  ``b' = w0 b`` at every layer followed by a sine, so every reader and the symmetry toolkit
+  see an ordinary network. Drawn in SIREN's parametrization, then scaled: first layer
+  ``W ~ U(-1/in, 1/in)``, later layers ``U(-sqrt(6/in)/w0, sqrt(6/in)/w0)``, so the stored
+  ``W'`` is ``U(-w0/in, w0/in)``, then ``U(-sqrt(6/in), sqrt(6/in))``, and the last (linear)
+  layer keeps ``U(-sqrt(6/in)/w0, sqrt(6/in)/w0)``. Biases follow ``bias_init`` (SIREN's
+  code: ``uniform``), times ``w0`` before a sine. (Adam on the effective weights reaches the
+  INR zoos' PSNR targets, so training needs no SIREN parametrization of its own.)
 
 Biases: ``zeros``, ``normal`` (N(0, init_std^2) * scale), ``uniform`` (PyTorch's default),
 ``constant`` (``init_value`` * scale).
@@ -26,7 +36,8 @@ import torch
 
 from weightspace.nets.spec import MLPSpec, Params, bias_name, weight_name
 
-INIT_SCHEMES = ("normal", "uniform", "xavier", "kaiming", "orthogonal", "constant")
+INIT_SCHEMES = ("normal", "uniform", "xavier", "kaiming", "orthogonal", "constant", "siren")
+DEFAULT_W0 = 30.0  # SIREN's first-layer frequency
 BIAS_INITS = ("zeros", "normal", "uniform", "constant")
 
 
@@ -59,16 +70,31 @@ def _bias(kind: str, out: int, inp: int, std: float, value: float, gen: torch.Ge
     raise ValueError(f"unknown bias init {kind!r}")
 
 
+def _siren_weight(layer: int, out: int, inp: int, w0: float, gen: torch.Generator):
+    """A weight in SIREN's parametrization (multiply by w0 for the effective one)."""
+    bound = 1.0 / inp if layer == 0 else math.sqrt(6.0 / inp) / w0
+    return (torch.rand(out, inp, generator=gen) * 2 - 1) * bound
+
+
 def init_member(spec: MLPSpec, hp: pd.Series | dict) -> Params:
     """Initial effective parameters (``weight``, ``bias``) of one member, float32 on CPU."""
     gen = torch.Generator().manual_seed(int(hp["seed"]))
     scale = float(hp["init_scale"])
     std, value = float(hp["init_std"]), float(hp["init_value"])
+    siren = hp["init"] == "siren"
+    w0 = float(hp.get("w0", DEFAULT_W0)) if siren else 1.0
     params: Params = {}
     for l, (o, i) in enumerate(spec.layer_shapes()):
-        params[weight_name(l)] = _weight(hp["init"], o, i, std, value, gen) * scale
+        # SIREN: w0 moves into the effective weights of the layers a sine follows.
+        f = w0 * scale if l < spec.n_layers - 1 else scale
+        if siren:
+            params[weight_name(l)] = _siren_weight(l, o, i, w0, gen) * f
+        else:
+            params[weight_name(l)] = _weight(hp["init"], o, i, std, value, gen) * scale
         if spec.bias:
-            params[bias_name(l)] = _bias(hp["bias_init"], o, i, std, value, gen) * scale
+            params[bias_name(l)] = _bias(hp["bias_init"], o, i, std, value, gen) * (
+                f if siren else scale
+            )
     return params
 
 

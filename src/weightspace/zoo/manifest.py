@@ -116,6 +116,9 @@ def check_manifest(path: Path, m: Any) -> dict[str, Any]:
     for key, width in (("input_dim", spec.widths[0]), ("output_dim", spec.widths[-1])):
         if key in task and _int(path, f"task.{key}", task[key], 1) != width:
             _fail(path, f"task.{key}", f"{task[key]}, but architecture.widths says {width}")
+    for key in ("n_signals", "n_coords"):  # an INR zoo's task
+        if key in task:
+            _int(path, f"task.{key}", task[key], 1)
     _ints(path, "checkpoint_epochs", _get(path, m, "checkpoint_epochs"), increasing=True)
     n = _int(path, "n_members", _get(path, m, "n_members"), 1)
     n_shards = _int(path, "n_shards", _get(path, m, "n_shards"), 1, n)
@@ -336,6 +339,16 @@ def check_members(
             )
     if "activation" not in members.columns:
         _fail(tpath, "activation", "missing column")
+    n_signals = manifest["task"].get("n_signals")
+    if n_signals is not None:  # an INR zoo: each member's signal and its class
+        for col in ("signal", "signal_class"):
+            if col not in members.columns:
+                _fail(tpath, col, "missing column (an INR zoo: task.n_signals is set)")
+            if members[col].dtype.kind != "i":
+                _fail(tpath, col, f"dtype {members[col].dtype}, expected integer")
+        sig = members["signal"].to_numpy()
+        if len(sig) and (sig.min() < 0 or sig.max() >= n_signals):
+            _fail(tpath, "signal", f"must be in [0, {n_signals}) (task.n_signals)")
     n = manifest["n_members"]
     if len(members) != n:
         _fail(mpath, "n_members", f"{n}, but {tpath.name} has {len(members)} rows")
@@ -357,8 +370,11 @@ def check_members(
                 f"do not match the rows of shard {s} in {tpath.name}",
             )
     trained = members["epochs"].to_numpy() if "epochs" in members.columns else None
+    imported = "imported" in manifest  # one checkpoint per member, no initialization
     for s, (ids, own) in shards.items():  # 0 (the initialization) .. the last epoch trained
-        if own[0] != 0 or (trained is not None and set(trained[ids]) != {own[-1]}):
+        if (own[0] != 0 and not imported) or (
+            trained is not None and set(trained[ids]) != {own[-1]}
+        ):
             _fail(
                 root / f"{shard_name(s)}.safetensors",
                 "header.__metadata__.epochs",

@@ -26,7 +26,7 @@ import pandas as pd
 
 from weightspace.errors import ConfigError
 from weightspace.nets.spec import ACTIVATIONS
-from weightspace.zoo.init import BIAS_INITS, INIT_SCHEMES
+from weightspace.zoo.init import BIAS_INITS, DEFAULT_W0, INIT_SCHEMES
 
 OPTIMIZERS = ("sgd", "adam")
 DATA_ORDERS = ("shared", "per_member")
@@ -48,6 +48,13 @@ DEFAULT_HPARAMS: dict[str, Any] = {
     "data_order": "per_member",
     "subset": 1.0,  # fraction of the training split each member sees
     "label_noise": 0.0,  # fraction of that member's training labels replaced
+}
+
+# Columns only zoos that use them have (so other zoos' tables stay as they were): present
+# when the config gives the key, ``w0`` also when a member's init is ``siren``.
+OPTIONAL_HPARAMS: dict[str, Any] = {
+    "w0": DEFAULT_W0,  # SIREN's first-layer frequency (init: siren)
+    "signal": None,  # INR tasks: the signal a member fits (None: member_id mod n_signals)
 }
 
 # Members whose values differ in these keys cannot share one batched computation.
@@ -98,11 +105,10 @@ def sample_population(
         raise ConfigError(f"zoo.size: need at least 1 member, got {size}")
     if sampling not in ("grid", "random"):
         raise ConfigError(f"zoo.sampling: unknown '{sampling}' (choose from grid, random)")
-    unknown = set(hparams) - set(DEFAULT_HPARAMS)
+    unknown = set(hparams) - set(DEFAULT_HPARAMS) - set(OPTIONAL_HPARAMS)
     if unknown:
-        raise ConfigError(
-            f"zoo.hparams: unknown key(s) {sorted(unknown)} (known: {', '.join(DEFAULT_HPARAMS)})"
-        )
+        known = ", ".join([*DEFAULT_HPARAMS, *OPTIONAL_HPARAMS])
+        raise ConfigError(f"zoo.hparams: unknown key(s) {sorted(unknown)} (known: {known})")
     values = {**DEFAULT_HPARAMS, **{k: _plain(v) for k, v in hparams.items()}}
     rng = np.random.default_rng([int(seed), 0x5EED])
     ids = np.arange(int(size))
@@ -127,6 +133,8 @@ def sample_population(
             columns[k] = [v] * len(ids)
 
     df = pd.DataFrame(columns)
+    if "w0" not in df and (df["init"] == "siren").any():
+        df["w0"] = OPTIONAL_HPARAMS["w0"]
     if df["seed"].isna().any():
         auto = int(seed) * 1_000_000 + df["member_id"]
         df["seed"] = df["seed"].fillna(auto)
@@ -144,8 +152,10 @@ def sample_population(
         "weight_decay",
         "subset",
         "label_noise",
+        "w0",
     ):
-        df[k] = df[k].astype("float64")
+        if k in df:
+            df[k] = df[k].astype("float64")
     validate_population(df)
     return df
 
@@ -189,6 +199,8 @@ def validate_population(df: pd.DataFrame) -> None:
         "init_std": (df["init_std"] >= 0, "must be >= 0"),
         "init_scale": (np.isfinite(df["init_scale"]), "must be finite"),
     }
+    if "w0" in df:
+        checks["w0"] = (np.isfinite(df["w0"]) & (df["w0"] > 0), "must be > 0 and finite")
     for k, (ok, what) in checks.items():
         if not bool(np.all(ok)):
             value = df.loc[~np.asarray(ok), k].iloc[0]

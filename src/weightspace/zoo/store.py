@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 from safetensors import safe_open
+from torch import Tensor
 
 from weightspace.errors import ZooError
 from weightspace.nets.forward import MLP
@@ -329,4 +330,45 @@ class Zoo:
         """The task the members were trained on, loaded as it was at generation time."""
         from weightspace.zoo.tasks import load_task
 
+        if self.config.get("task") is None:  # imported without one (Zoo.from_networks)
+            raise ZooError(f"{self.root}: the zoo records no task; import it with task=NAME")
         return load_task(self.config["task"])
+
+    def signals(self, members: Iterable[int] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """An INR zoo's signals (``docs/zoo-format.md``, INR zoos), as each member fitted it:
+        ``(coords (N, in), targets (len(members), N, out), classes (len(members),))`` of
+        ``members`` (default: all), from the task loaded as at generation time."""
+        if "signal" not in self.members.columns:
+            raise ZooError(f"{self.root / 'members.parquet'}: signal: missing (not an INR zoo)")
+        ids = np.arange(len(self)) if members is None else np.asarray(list(members), dtype=int)
+        if len(ids) and (ids.min() < 0 or ids.max() >= len(self)):
+            raise IndexError(
+                f"member ids must be in [0, {len(self)}), got {ids.min()}..{ids.max()}"
+            )
+        task = self.task()
+        signal = self.members["signal"].to_numpy(np.int64)[ids]
+        if len(signal) and signal.max() >= task.n_signals:
+            raise ZooError(
+                f"{self.root / 'members.parquet'}: signal: {signal.max()} out of range, the "
+                f"task holds {task.n_signals} signals"
+            )
+        classes = torch.from_numpy(self.members["signal_class"].to_numpy(np.int64)[ids])
+        return task.coords, task.member_targets(signal), classes
+
+    # ---- networks trained elsewhere
+    @classmethod
+    def from_networks(
+        cls, networks: Any, path: str | os.PathLike, activation: str | None = None, **options: Any
+    ) -> Zoo:
+        """A zoo written at ``path`` from networks trained elsewhere, opened: a folder of
+        state_dicts (safetensors, ``torch.save``) or a list of ``nn.Module`` s / state dicts.
+
+        >>> zoo = Zoo.from_networks("runs/", "zoos/mine", "relu", task="digits",
+        ...                         table="runs/metrics.csv")
+
+        ``options``: ``task``, ``table``, ``epoch``, ``overwrite``, ``shard_size``
+        (:func:`weightspace.zoo.importer.import_networks`, which checks and maps the keys).
+        """
+        from weightspace.zoo.importer import import_networks
+
+        return cls.open(import_networks(networks, path, activation, **options))

@@ -44,7 +44,7 @@ from weightspace.nets.spec import MLPSpec, Params, bias_name, weight_name
 
 aten = torch.ops.aten
 
-HAND_ACTIVATIONS = ("relu", "tanh", "gelu", "sigmoid", "leaky_relu", "identity")
+HAND_ACTIVATIONS = ("relu", "tanh", "gelu", "sigmoid", "leaky_relu", "identity", "sine")
 FOLDED = "layers.0"  # the segment of the first layer's weight with its bias folded in
 
 
@@ -151,7 +151,8 @@ class _Buffers:
             return torch.empty(*shape, dtype=torch.float32, device=device)
 
         hidden = spec.widths[1:-1]
-        # Pre-activations, and the activations (computed in place for most activations).
+        # Pre-activations, and the activations (computed in place for most activations;
+        # gelu and sine keep their pre-activations for the backward).
         self.a = [e(c, b, w) for w in hidden]
         in_place = spec.activation in ("relu", "tanh", "sigmoid", "leaky_relu", "identity")
         self.h = self.a if in_place else [e(c, b, w) for w in hidden]
@@ -208,6 +209,8 @@ class HandBackprop:
             aten.gelu_backward.grad_input(dh, a, grad_input=dh)
         elif act == "leaky_relu":
             aten.leaky_relu_backward.grad_input(dh, h, LEAKY_SLOPE, True, grad_input=dh)
+        elif act == "sine":  # d sin(a) = cos(a); a is not needed after this, so cos goes there
+            dh.mul_(torch.cos(a, out=a))
 
     def __call__(
         self,

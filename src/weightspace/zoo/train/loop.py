@@ -16,6 +16,9 @@ the same member trained alone with ``torch.optim`` (``tests/zoo/test_train.py`` 
 
 A member whose loss or parameters become non-finite is *diverged*: its update is masked out
 from then on, so it stays frozen at its last finite parameters and cannot affect the others.
+A finite loss that explodes is divergence too: a member whose train loss at a checkpoint
+exceeds :data:`LOSS_EXPLOSION` times ``max(its epoch-0 train loss, 1)`` is flagged diverged
+at that checkpoint's epoch (it is not frozen: the check runs at checkpoints only).
 Checkpoints are evaluated with :func:`weightspace.nets.metrics.evaluate` (the fused kernel:
 its own forward).
 """
@@ -36,9 +39,10 @@ from torch import Tensor
 
 from weightspace.errors import ConfigError
 from weightspace.nets.forward import effective_params
-from weightspace.nets.metrics import eval_chunk, evaluate
+from weightspace.nets.metrics import eval_chunk, evaluate, psnr
 from weightspace.nets.spec import MLPSpec, Params
 from weightspace.zoo.init import init_population
+from weightspace.zoo.inr import SignalTask, check_members, member_signals
 from weightspace.zoo.population import STATIC_KEYS
 from weightspace.zoo.tasks import Task
 from weightspace.zoo.train import fused
@@ -46,6 +50,9 @@ from weightspace.zoo.train.data_order import member_labels, member_subsets
 from weightspace.zoo.train.hand import AutogradBackprop, FlatLayout, HandBackprop, hand_supported
 from weightspace.zoo.train.runs import FusedRun, TorchRun, TrainData, split_members
 
+#: Train loss above this many times max(epoch-0 train loss, 1) at a checkpoint: diverged.
+LOSS_EXPLOSION = 1e6
+METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")  # INR tasks: train_loss, psnr
 CHUNK = 256  # members per block: large operations, and blocks enough to balance the workers
 
 
@@ -101,17 +108,30 @@ TRAINERS = ("auto", "fused", "hand", "autograd")
 
 
 def choose_trainer(
-    spec: MLPSpec, device: str | torch.device, trainer: str = "auto", option: str = "trainer"
+    spec: MLPSpec,
+    device: str | torch.device,
+    trainer: str = "auto",
+    option: str = "trainer",
+    per_member_targets: bool = False,
 ) -> str:
     """The trainer that ``trainer`` resolves to for this spec and device.
 
     ``"auto"``: the fused kernel (:mod:`weightspace.zoo.train.fused`) where it applies and builds,
     else the hand-written backward where it applies, else autograd. Asking for ``"fused"``
     where it cannot run is an error naming the reason (and ``option``, the setting it came from).
+    ``per_member_targets`` (INR tasks: each member fits its own signal): the kernel does not
+    take them, so ``"auto"`` is the torch path without a word.
     """
     if trainer not in TRAINERS:
         raise ConfigError(f"{option}: one of {', '.join(TRAINERS)}, got {trainer!r}")
     device = torch.device(device)
+    if per_member_targets and trainer in ("auto", "fused"):
+        if trainer == "fused":
+            raise ConfigError(
+                f"{option}: 'fused' cannot run here: the kernel takes no per-member targets "
+                "(INR tasks); use auto, hand or autograd"
+            )
+        return "hand" if hand_supported(spec) else "autograd"
     if trainer in ("auto", "fused"):
         why = fused.supported(spec, device)
         if why is None:
@@ -134,7 +154,7 @@ def _warn_once(message: str) -> None:
 
 
 def train_population(
-    task: Task,
+    task: Task | SignalTask,
     spec: MLPSpec,
     members: pd.DataFrame,
     checkpoints: list[int] | None = None,
@@ -151,6 +171,9 @@ def train_population(
     epoch, for progress bars. ``trainer`` picks how (:func:`choose_trainer`):
     ``"fused"`` (the C++ kernel of :mod:`weightspace.zoo.train.fused`, CPU), ``"hand"`` (the
     written-out backward of :mod:`weightspace.zoo.train.hand`), ``"autograd"``, or ``"auto"``.
+    An INR task (:class:`~weightspace.zoo.inr.SignalTask`): member i fits its own signal
+    (:func:`~weightspace.zoo.inr.member_signals`) on the task's coordinates, always on the torch
+    path, and its metrics are ``train_loss`` (MSE) and ``psnr`` (peak: the signal's range).
 
     Members train in blocks of at most ``chunk`` (fused: parts of at most 64), ``threads``
     blocks at once (default: ``torch.get_num_threads()``), each block on one thread:
@@ -164,7 +187,8 @@ def train_population(
     device = torch.device(device)
     n_members, epochs, bs = len(members), int(static["epochs"]), int(static["batch_size"])
     keep = checkpoint_epochs(checkpoints, epochs)
-    trainer = choose_trainer(spec, device, trainer)
+    inr = isinstance(task, SignalTask)
+    trainer = choose_trainer(spec, device, trainer, per_member_targets=inr)
     hand = trainer == "hand"
     n_threads = max(1, min(threads or torch.get_num_threads(), n_members))
     if device.type != "cpu":
@@ -177,8 +201,15 @@ def train_population(
     make_grad_fn = HandBackprop if hand else AutogradBackprop
     init = {k: v.to(device) for k, v in init_population(spec, members).items()}
 
-    x_train, y_train = task.x_train.to(device), task.y_train.to(device)
-    x_test, y_test = task.x_test.to(device), task.y_test.to(device)
+    if inr:  # one grid of coordinates, each member's own signal on it
+        check_members(members, task)
+        signal = member_signals(members, task)
+        x_train = x_test = task.coords.to(device)
+        y_train = y_test = task.member_targets(signal).to(device)  # (M, N, out)
+        peaks = task.peaks[torch.from_numpy(signal)].to(device)  # (M,)
+    else:
+        x_train, y_train = task.x_train.to(device), task.y_train.to(device)
+        x_test, y_test = task.x_test.to(device), task.y_test.to(device)
     n_train = len(x_train)
     data_seeds = members["data_seed"].to_numpy()
     subset = float(static["subset"])
@@ -201,6 +232,7 @@ def train_population(
         batch_size=bs,
         bases=member_subsets(data_seeds, n_train, subset),
         seeds=data_seeds.astype(np.int64),
+        member_y=y_train.mT.contiguous() if inr else None,  # (M, out, N)
     )
 
     diverged_epoch = np.full(n_members, -1, dtype=np.int64)
@@ -212,6 +244,7 @@ def train_population(
         )
     snapshots: list[Params] = []
     rows: list[pd.DataFrame] = []
+    first_loss: dict[str, np.ndarray] = {}  # the members' train loss at epoch 0
 
     def checkpoint(epoch: int) -> None:
         params = run.params()
@@ -230,6 +263,9 @@ def train_population(
                 pop = run.pop
                 return [*pop.evaluate(x_train, y_train, r), *pop.evaluate(x_test, y_test, r)]
             p = {k: v[r] for k, v in eff.items()}
+            if inr:  # the whole signal: MSE and PSNR
+                mse = evaluate(p, spec, x_train, y_train[r], task, eval_chunk(n_members, spec))[0]
+                return [mse, psnr(mse, peaks[r])]
             return [
                 *evaluate(p, spec, x_train, y_train, task, eval_chunk(n_members, spec)),
                 *evaluate(p, spec, x_test, y_test, task, eval_chunk(n_members, spec)),
@@ -238,16 +274,19 @@ def train_population(
         # (The kernel's numbers are per member whatever the parts: its own are finer.)
         by = run.parts if trainer == "fused" else split_members(n_members, chunk)
         parts = list(pool.map(part, by))
-        tr_loss, tr_acc, te_loss, te_acc = (torch.cat(c).cpu().numpy() for c in zip(*parts))
+        cols = [torch.cat(c).cpu().numpy() for c in zip(*parts)]
+        tr_loss = cols[0]
+        loss0 = first_loss.setdefault("train", tr_loss)  # (M,) at epoch 0
+        with np.errstate(invalid="ignore"):
+            blown = ~np.isfinite(tr_loss) | (tr_loss > LOSS_EXPLOSION * np.fmax(loss0, 1.0))
+        diverged_epoch[blown & (diverged_epoch < 0)] = epoch
+        names = ("train_loss", "psnr") if inr else METRICS
         rows.append(
             pd.DataFrame(
                 {
                     "member_id": members["member_id"].to_numpy(),
                     "epoch": epoch,
-                    "train_loss": tr_loss,
-                    "train_acc": tr_acc,
-                    "test_loss": te_loss,
-                    "test_acc": te_acc,
+                    **dict(zip(names, cols)),
                     "diverged": (diverged_epoch >= 0),
                 }
             )

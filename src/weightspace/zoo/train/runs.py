@@ -43,6 +43,8 @@ class TrainData:
     batch_size: int
     bases: np.ndarray  # (M or 1, n_seen): the examples each member sees, before shuffling
     seeds: np.ndarray  # (M,) data seeds
+    # (M, out, N) each member's own regression targets (INR tasks: y is unused), or None
+    member_y: Tensor | None = None
 
 
 class BlockTrainer:
@@ -71,6 +73,8 @@ class BlockTrainer:
         if d.shared:  # one batch for all: gathered once, expanded
             xb = d.x_rows.index_select(0, idx[0])
             xb = xb.expand(c, b, -1) if isinstance(self.grad_fn, HandBackprop) else xb
+            if d.member_y is not None:  # the same examples of each member's own targets
+                return xb, d.member_y[self.r].index_select(2, idx[0])  # (c, out, B)
             if d.classification:
                 return xb, d.y[idx[0]].view(1, 1, b).expand(c, 1, b)
             return xb, d.y[idx[0]].T.unsqueeze(0).expand(c, -1, -1)
@@ -78,6 +82,9 @@ class BlockTrainer:
         if buf is None:
             buf = self.x_bufs[b] = d.x_rows.new_empty(c * b, d.x_rows.shape[1])
         xb = torch.index_select(d.x_rows, 0, idx.view(-1), out=buf).view(c, b, -1)
+        if d.member_y is not None:  # (c, out, B) of each member's own targets
+            y = d.member_y[self.r]
+            return xb, y.gather(2, idx.unsqueeze(1).expand(c, y.shape[1], b))
         if not d.classification:
             return xb, d.y[idx].transpose(1, 2)  # (c, out, B)
         if d.labels is None:  # (c, 1, B); index_select is several times faster than y[idx]
