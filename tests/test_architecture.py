@@ -17,7 +17,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / PACKAGE
 # The stages in pipeline order: a stage may import the stages before it, never one after it.
 STAGES = ("nets", "zoo", "symmetry", "features", "data", "autoencoder", "evaluation", "analysis")
 # Importable from anywhere; they import only each other. ``weightspace`` itself holds __version__.
-SHARED = ("errors", "config", "cli", "tracking")
+SHARED = ("errors", "config", "cli", "tracking", "schema")
 
 MAX_LINES = 550
 

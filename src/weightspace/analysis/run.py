@@ -248,13 +248,15 @@ def cli() -> None:
     """The command-line entry point (``scripts/analyze.py``)."""
     import hydra
 
-    from weightspace.cli import run_or_exit
+    from weightspace.cli import launch, run_or_exit
+    from weightspace.schema import validate
 
     @hydra.main(config_path=str(CONF_DIR), config_name=CONFIG_NAME, version_base="1.3")
     def main(cfg: DictConfig) -> None:
+        run_or_exit(validate, cfg, "analyze")  # types and ranges, before any work
         print(summary_text(run_or_exit(analyze, cfg)))
 
-    main()
+    launch(main)
 
 
 __all__ = ["analyze", "cli", "compose_config", "compose_generate", "make_zoos", "zoo_overrides"]

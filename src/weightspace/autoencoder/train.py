@@ -268,16 +268,22 @@ def cli() -> None:
     """The Hydra entry point of ``scripts/train_autoencoder.py``."""
     import hydra
 
-    from weightspace.cli import run_or_exit
+    from weightspace.cli import launch, run_or_exit
+    from weightspace.schema import validate
 
     @hydra.main(config_path=str(CONFIG_DIR), config_name=CONFIG_NAME, version_base="1.3")
     def main(cfg: DictConfig) -> float | None:
+        run_or_exit(validate, cfg, "train_autoencoder")  # types and ranges, before any work
+        if rank_zero_only.rank == 0:
+            log.info("autoencoder %s on zoo %s", cfg.get("name"), cfg.get("zoo"))
         metrics = run_or_exit(train, cfg)
+        final = {k: v for k, v in metrics.items() if k != "evaluation"}
         if rank_zero_only.rank == 0:  # DDP: the other ranks run this too
-            print(json.dumps({k: v for k, v in metrics.items() if k != "evaluation"}, indent=2))
+            log.info("finished: %s after %s steps", final.get("run_dir"), final.get("global_step"))
+            print(json.dumps(final, indent=2))
             if "evaluation" in metrics:  # the evaluator's results say how they read
                 print(metrics["evaluation"].summary(Path(metrics["run_dir"])))
         # A sweeper (hydra/sweeper=optuna_search) minimizes what the job returns.
         return run_or_exit(objective, cfg, metrics)
 
-    main()
+    launch(main)

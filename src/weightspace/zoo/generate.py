@@ -25,6 +25,7 @@ from weightspace.config import fingerprint, to_dict
 from weightspace.errors import ConfigError
 from weightspace.nets.spec import MLPSpec
 from weightspace.tracking import wandb_run
+from weightspace.zoo.inr import SignalTask, assign_signals
 from weightspace.zoo.population import STATIC_KEYS, sample_population
 from weightspace.zoo.store import Zoo
 from weightspace.zoo.tasks import Task, load_task, task_summary
@@ -43,6 +44,7 @@ class ZooSummary:
     seconds: float
     final_test_acc: dict[str, float] = field(default_factory=dict)  # quantiles
     missing_shards: list[int] = field(default_factory=list)  # other jobs' part, not done yet
+    final_psnr: dict[str, float] = field(default_factory=dict)  # quantiles (INR zoos), dB
 
     def __str__(self) -> str:
         if self.missing_shards:
@@ -51,18 +53,23 @@ class ZooSummary:
                 f"this job trained {self.n_trained} members in {self.seconds:.1f} s; "
                 f"{len(self.missing_shards)} shard(s) still missing: {self.missing_shards}"
             )
-        q = ", ".join(f"{k} {v:.3f}" for k, v in self.final_test_acc.items())
+        if self.final_psnr:  # an INR zoo: the fits' PSNR, no accuracy
+            q = "final PSNR (dB): " + ", ".join(f"{k} {v:.1f}" for k, v in self.final_psnr.items())
+        else:
+            q = "final test accuracy: " + ", ".join(
+                f"{k} {v:.3f}" for k, v in self.final_test_acc.items()
+            )
         rate = self.n_trained / self.seconds if self.seconds > 0 else float("nan")
         return (
             f"zoo: {self.path}\n"
             f"members: {self.n_members} ({self.n_trained} trained now, {rate:.1f} members/s), "
             f"diverged: {self.n_diverged}\n"
-            f"final test accuracy: {q}\n"
+            f"{q}\n"
             f"time: {self.seconds:.1f} s"
         )
 
 
-def resolve_spec(model_cfg: Any, task: Task) -> MLPSpec:
+def resolve_spec(model_cfg: Any, task: Task | SignalTask) -> MLPSpec:
     """The zoo's architecture, its ends checked against (or taken from) the task."""
     widths = model_cfg.get("widths")
     if widths is None:
@@ -114,6 +121,9 @@ def generate(cfg: DictConfig) -> ZooSummary:
     spec = resolve_spec(cfg.model, task)
     zcfg = cfg.zoo
     members = sample_population(zcfg.hparams, int(zcfg.size), int(zcfg.seed), zcfg.sampling)
+    inr = isinstance(task, SignalTask)
+    if inr:  # each member's signal and its class, in the members table
+        members = assign_signals(members, task)
     members = plan_shards(members, int(zcfg.shard_size))
     if spec.weight_norm:
         zero = (members["init_scale"] == 0) | (
@@ -127,7 +137,9 @@ def generate(cfg: DictConfig) -> ZooSummary:
     requested = list(zcfg.checkpoints or [])
     checkpoint_epochs(requested, 1)  # validate early
     device = resolve_device(str(cfg.get("device", "cpu")))
-    trainer = choose_trainer(spec, device, str(cfg.get("backend", "auto")), option="backend")
+    trainer = choose_trainer(
+        spec, device, str(cfg.get("backend", "auto")), option="backend", per_member_targets=inr
+    )
 
     job = zcfg.get("shard")
     n_jobs = 1 if zcfg.get("num_shards") is None else int(zcfg.num_shards)
@@ -240,16 +252,35 @@ def generate(cfg: DictConfig) -> ZooSummary:
 
 def cli() -> None:
     """The ``weightspace-generate`` console script: same as ``scripts/generate_zoo.py``."""
+    import logging
+
     import hydra
 
-    from weightspace.cli import run_or_exit
+    from weightspace.cli import launch, run_or_exit
     from weightspace.config import CONF_DIR
+    from weightspace.schema import validate
+
+    log = logging.getLogger(__name__)
 
     @hydra.main(config_path=str(CONF_DIR), config_name="generate", version_base="1.3")
     def main(cfg: DictConfig) -> None:
-        print(run_or_exit(generate, cfg))
+        run_or_exit(validate, cfg, "generate")  # types and ranges, before any work
+        z = cfg.zoo
+        log.info(
+            "zoo %s: %d members, task %s, backend %s", z.path, z.size, cfg.task.name, cfg.backend
+        )
+        summary = run_or_exit(generate, cfg)
+        log.info(
+            "zoo %s: %d trained now, %d diverged, %.1f s%s",
+            summary.path,
+            summary.n_trained,
+            summary.n_diverged,
+            summary.seconds,
+            f"; shards missing {summary.missing_shards}" if summary.missing_shards else "",
+        )
+        print(summary)
 
-    main()
+    launch(main)
 
 
 def final_metrics(zoo: Zoo) -> pd.DataFrame:
@@ -261,24 +292,24 @@ def final_metrics(zoo: Zoo) -> pd.DataFrame:
 def _summarize(zoo: Zoo, n_trained: int, seconds: float) -> ZooSummary:
     final = final_metrics(zoo)
     ok = final[~zoo.members["diverged"].to_numpy()[final["member_id"].to_numpy()]]
-    quantiles = {}
-    if ok["test_acc"].notna().any():
-        qs = ok["test_acc"].quantile([0.0, 0.25, 0.5, 0.75, 1.0])
-        quantiles = {
-            "min": qs[0.0],
-            "q25": qs[0.25],
-            "median": qs[0.5],
-            "q75": qs[0.75],
-            "max": qs[1.0],
-        }
     return ZooSummary(
         zoo.root,
         len(zoo),
         n_trained,
         int(zoo.manifest["n_diverged"]),
         seconds,
-        {k: float(v) for k, v in quantiles.items()},
+        _quantiles(ok, "test_acc"),
+        final_psnr=_quantiles(ok, "psnr"),
     )
+
+
+def _quantiles(final: pd.DataFrame, col: str) -> dict[str, float]:
+    """min, q25, median, q75, max of a metric column (empty if absent or all NaN)."""
+    if col not in final or not final[col].notna().any():
+        return {}
+    qs = final[col].quantile([0.0, 0.25, 0.5, 0.75, 1.0])
+    names = ("min", "q25", "median", "q75", "max")
+    return {k: float(qs[q]) for k, q in zip(names, (0.0, 0.25, 0.5, 0.75, 1.0))}
 
 
 def log_zoo_card(zoo: Zoo, cfg: DictConfig, summary: ZooSummary) -> None:
@@ -291,8 +322,11 @@ def log_zoo_card(zoo: Zoo, cfg: DictConfig, summary: ZooSummary) -> None:
             {
                 "zoo/members": wandb.Table(dataframe=zoo.members),
                 "zoo/final_metrics": wandb.Table(dataframe=final),
-                "zoo/final_test_acc": wandb.Histogram(final["test_acc"].dropna().to_numpy()),
-                "zoo/final_test_loss": wandb.Histogram(final["test_loss"].dropna().to_numpy()),
+                **{
+                    f"zoo/final_{c}": wandb.Histogram(final[c].dropna().to_numpy())
+                    for c in ("test_acc", "test_loss", "psnr")
+                    if c in final
+                },
             }
         )
         run.summary.update(

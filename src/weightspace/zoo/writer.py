@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,8 @@ from weightspace.nets.spec import Params
 from weightspace.zoo.files import (
     atomic_write_bytes,
     atomic_write_parquet,
+    make_temp_dir,
+    remove_orphans,
     save_safetensors,
     sha256_file,
 )
@@ -33,10 +34,11 @@ from weightspace.zoo.manifest import (
     MANIFEST,
     SCHEMA_VERSION,
     TABLES,
+    check_layout,
+    check_manifest,
     record_files,
     shard_name,
 )
-from weightspace.zoo.store import Zoo
 
 
 class ZooWriter:
@@ -71,6 +73,10 @@ class ZooWriter:
                     )
                 self._clear()
         self.root.mkdir(parents=True, exist_ok=True)
+        # Temporary files a killed run left (a live job's own are kept: see remove_orphans).
+        for folder in (self.root, self.root / "shards"):
+            remove_orphans(folder)
+        remove_orphans(self.root.parent, self.root.name)
         if not stamp.exists():
             atomic_write_bytes(stamp, (fingerprint + "\n").encode())
         # A finished zoo's config.yaml is in its manifest: rewriting it here, long before the
@@ -97,7 +103,7 @@ class ZooWriter:
         if self.root.exists():
             return
         self.root.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{self.root.name}.", dir=self.root.parent))
+        tmp = make_temp_dir(self.root.parent, self.root.name)
         (tmp / "fingerprint.txt").write_text(fingerprint + "\n")
         try:
             os.rename(tmp, self.root)
@@ -229,11 +235,13 @@ class ZooWriter:
 
     def _finished(self, shard_files: dict[str, Any]) -> bool:
         """A finished zoo of this fingerprint, intact, whose manifest lists ``shard_files``."""
-        if not (self.root / MANIFEST).exists():
+        path = self.root / MANIFEST
+        if not path.exists():
             return False
-        try:
-            m = Zoo.open(self.root, verify=False).manifest
-        except ZooError:
+        try:  # the checks of Zoo.open, without importing the reader (Zoo.from_networks writes)
+            m = check_manifest(path, json.loads(path.read_text()))
+            check_layout(self.root, m, lambda: pd.read_parquet(self.root / "members.parquet"))
+        except (ZooError, OSError, ValueError, RecursionError):
             return False  # damaged: finalize rewrites the tables, then the manifest
         return (
             m["fingerprint"] == self.fingerprint
