@@ -10,7 +10,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+# The one config root: conf/ of the source checkout (an editable install), else the copy a
+# wheel ships inside the package (pyproject.toml maps conf/ to weightspace/conf).
+_CHECKOUT = Path(__file__).resolve().parents[2]
+_IN_CHECKOUT = (_CHECKOUT / "conf" / "generate.yaml").is_file()
+CONF_DIR = _CHECKOUT / "conf" if _IN_CHECKOUT else Path(__file__).resolve().parent / "conf"
 
 
 def project_root() -> str:
@@ -21,8 +25,8 @@ def project_root() -> str:
     env = os.environ.get("WEIGHTSPACE_ROOT")
     if env:
         return str(Path(env).expanduser().resolve())
-    if CONF_DIR.is_dir():
-        return str(CONF_DIR.parent)
+    if _IN_CHECKOUT:
+        return str(_CHECKOUT)
     return str(Path.home() / ".cache" / "weightspace")
 
 
