@@ -28,8 +28,8 @@ Modules:
 - :mod:`.transforms`: per-unit factors and :class:`UnitTransform` (apply, undo, compose,
   random transforms, augmentation);
 - :mod:`.canonical`: canonical forms (sort units, fix signs, fix scales, weight norm);
-- :mod:`.matching`: weight matching (Git Re-Basin), alignment to a reference, MergeMany,
-  activation matching;
+- :mod:`.matching`: weight matching (Git Re-Basin), alignment to a reference, activation
+  matching; :mod:`.merge`: MergeMany (sequential or batched);
 - :mod:`.derive`: derived zoos, a whole zoo rewritten in one of these frames (not imported
   here: ``from weightspace.symmetry.derive import derive``).
 
@@ -52,9 +52,9 @@ from weightspace.symmetry.matching import (
     activation_matching,
     align_to_reference,
     hidden_activations,
-    merge_many,
     weight_matching,
 )
+from weightspace.symmetry.merge import merge_many
 from weightspace.symmetry.permutations import (
     PermutationSpec,
     apply_permutation,

@@ -39,7 +39,8 @@ from weightspace.config import fingerprint, to_dict
 from weightspace.errors import ConfigError, ZooError
 from weightspace.nets.spec import MLPSpec
 from weightspace.symmetry.canonical import SORT_KEYS, canonicalize
-from weightspace.symmetry.matching import merge_many, weight_matching
+from weightspace.symmetry.matching import weight_matching
+from weightspace.symmetry.merge import DEFAULT_BLOCK, SCHEDULES, merge_many
 from weightspace.symmetry.transforms import ODD_ACTIVATIONS, UnitTransform, apply_transform
 from weightspace.zoo.files import sha256_file
 from weightspace.zoo.store import Zoo
@@ -98,6 +99,8 @@ def find_alignment(zoo: Zoo, tcfg: Any, progress: bool = False) -> dict[str, Uni
                 sign_aware=sign_aware,
                 progress=progress,
                 tol=float(tcfg.get("tol", 0.0)),
+                schedule=str(tcfg.get("schedule", "sequential")),
+                block=int(tcfg.get("block", DEFAULT_BLOCK)),
             )
         out[str(act)] = t
     return out
@@ -157,6 +160,13 @@ def check_options(parent: Zoo, tcfg: dict) -> None:
             f"transform.sign_aware: needs odd activations ({', '.join(sorted(ODD_ACTIVATIONS))})"
             f", the zoo has {', '.join(groups)}"
         )
+    if kind == "merge_many":
+        if tcfg.get("schedule", "sequential") not in SCHEDULES:
+            raise ConfigError(
+                f"transform.schedule: unknown {tcfg.get('schedule')!r} "
+                f"(choose from {', '.join(SCHEDULES)})"
+            )
+        _int_option(tcfg, "block", DEFAULT_BLOCK, 1)
     if kind == "align":
         _int_option(tcfg, "reference_member", 0, 0)
         ref = tcfg.get("reference_member", 0)
@@ -176,13 +186,22 @@ def check_options(parent: Zoo, tcfg: dict) -> None:
             )
 
 
+def _defining(tcfg: dict) -> dict:
+    """The transform options that define the derived zoo: MergeMany's ``schedule`` and
+    ``block`` only when they are not the default sequential schedule (so a zoo derived before
+    they existed keeps its fingerprint, and ``block`` never matters to the sequential one)."""
+    if tcfg.get("kind") == "merge_many" and tcfg.get("schedule", "sequential") != "sequential":
+        return tcfg
+    return {k: v for k, v in tcfg.items() if k not in ("schedule", "block")}
+
+
 def derive(cfg: DictConfig) -> Path:
     """Write the derived zoo the config describes; returns its path. Resumes like generate."""
     t0 = time.perf_counter()
     for key in ("parent", "out"):
         if OmegaConf.is_missing(cfg, key) or not str(cfg.get(key) or ""):
             raise ConfigError(f"{key}: required" + (": the zoo to transform" * (key == "parent")))
-    tcfg = to_dict(cfg.transform)
+    tcfg = _defining(to_dict(cfg.transform))
     parent = Zoo.open(cfg.parent)
     if Path(cfg.out).resolve() == parent.root.resolve():
         raise ConfigError("out: the derived zoo must not overwrite its parent")
@@ -288,13 +307,24 @@ def _write(cfg: DictConfig, parent: Zoo, tcfg: dict, writer: ZooWriter, parent_s
 
 def cli() -> None:
     """The ``weightspace-canonicalize`` console script (``scripts/canonicalize_zoo.py``)."""
+    import logging
+
     import hydra
 
-    from weightspace.cli import run_or_exit
+    from weightspace.cli import launch, run_or_exit
     from weightspace.config import CONF_DIR
+    from weightspace.schema import validate
+    from weightspace.zoo.store import resolve_zoo
+
+    log = logging.getLogger(__name__)
 
     @hydra.main(config_path=str(CONF_DIR), config_name="canonicalize", version_base="1.3")
     def main(cfg: DictConfig) -> None:
-        run_or_exit(derive, cfg)
+        run_or_exit(validate, cfg, "canonicalize")  # types and ranges, before any work
+        # A zoo name resolves under paths.zoo_dir, as for every entry point (`out` follows).
+        cfg.parent = str(run_or_exit(resolve_zoo, cfg.parent, cfg.paths.zoo_dir, "parent"))
+        log.info("%s of %s into %s", cfg.transform.kind, cfg.parent, cfg.out)
+        out = run_or_exit(derive, cfg)
+        log.info("derived zoo written: %s", out)
 
-    main()
+    launch(main)

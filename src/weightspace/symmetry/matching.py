@@ -2,8 +2,9 @@
 
 :func:`weight_matching` finds, per member, the permutations (and, sign-aware, the sign flips)
 that maximize the inner product of its effective parameters with a reference's;
-:func:`align_to_reference` applies them; :func:`merge_many` brings a whole population into
-one frame. :func:`activation_matching` matches units by the correlation of their activations.
+:func:`align_to_reference` applies them (MergeMany, which brings a whole population into one
+frame, is :mod:`.merge`). :func:`activation_matching` matches units by the correlation of their
+activations.
 All decisions are taken on the effective weights in float64.
 """
 
@@ -17,7 +18,6 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-from weightspace.cli import progress_bar
 from weightspace.nets.forward import effective_params, forward
 from weightspace.nets.spec import ACTIVATIONS, MLPSpec, Params
 from weightspace.symmetry.permutations import (
@@ -33,8 +33,6 @@ from weightspace.symmetry.transforms import (
     ODD_ACTIVATIONS,
     UnitTransform,
     apply_transform,
-    compose_transforms,
-    is_identity,
 )
 
 
@@ -255,104 +253,6 @@ def align_to_reference(
     :func:`undo_transform`)."""
     t = weight_matching(params, reference, spec, max_iter, seed, sign_aware=sign_aware).transform
     return apply_transform(params, spec, t), t
-
-
-def merge_many(
-    params: Params,
-    spec: MLPSpec,
-    max_iter: int = 100,
-    seed: int = 0,
-    sign_aware: bool = False,
-    progress: bool = False,
-    tol: float = 0.0,
-) -> tuple[Params, UnitTransform, Params]:
-    """Bring the whole population into one frame, as MergeMany (Ainsworth et al., 2023).
-
-    Members in a random order are each aligned by :func:`weight_matching` to the mean of all
-    the others (in their current frames), until a full pass changes nobody, or raises the
-    objective — the sum of pairwise inner products of the members' effective parameters — by
-    a relative ``tol`` or less, or ``max_iter`` passes. Each accepted step strictly increases
-    the objective, so the loop ends; its last passes typically move a few members by a tiny
-    gain each (``tol`` 1e-4 stops there).
-
-    Returns the aligned parameters (same names as ``params``), each member's transform and
-    the mean of the aligned effective parameters, stacked as (1, ...) so it can serve as a
-    reference. ``progress``: a progress bar per pass, with how many members moved (a pass
-    over a thousand members takes tens of seconds on a CPU).
-    """
-    m_total = next(iter(params.values())).shape[0]  # members
-    ps = mlp_permutation_spec(spec)
-    device = next(iter(params.values())).device
-    aligned = _effective64(params, spec)
-    dtype = next(iter(params.values())).dtype
-    members = [
-        UnitTransform(
-            identity_permutations(ps, 1, device),
-            {k: torch.ones(1, n, dtype=dtype, device=device) for k, n in ps.sizes.items()}
-            if sign_aware
-            else None,
-        )
-        for _ in range(m_total)
-    ]
-    if m_total > 1:
-        total = {k: v.sum(0) for k, v in aligned.items()}
-        # sum_{i<j} <w_i, w_j> = (|sum_i w_i|^2 - sum_i |w_i|^2) / 2; the second sum does not
-        # change under permutations (nor sign flips)
-        own = sum(float(v.square().sum()) for v in aligned.values())
-
-        def pairwise() -> float:
-            return (sum(float(v.square().sum()) for v in total.values()) - own) / 2
-
-        objective = pairwise()
-        rng = np.random.default_rng(seed)
-        for p in range(max_iter):
-            changed = False
-            moved_count = 0
-            bar = progress_bar(
-                total=m_total,
-                desc=f"MergeMany pass {p + 1}",
-                unit="member",
-                disable=not progress,
-                leave=False,
-            )
-            for m in rng.permutation(m_total):
-                bar.update()
-                one = {k: v[m : m + 1] for k, v in aligned.items()}
-                others = {k: (total[k] - one[k][0]) / (m_total - 1) for k in total}
-                step = int(rng.integers(2**31))
-                t = weight_matching(one, others, spec, max_iter, step, None, sign_aware).transform
-                if t.factors is not None:
-                    t = UnitTransform(t.perms, {k: f.to(dtype) for k, f in t.factors.items()})
-                if is_identity(t):
-                    continue
-                changed = True
-                moved_count += 1
-                bar.set_postfix(moved=moved_count, refresh=False)
-                moved = apply_transform(one, spec, t)
-                for k in total:
-                    total[k] = total[k] + moved[k][0] - one[k][0]
-                    aligned[k][m] = moved[k][0]
-                members[m] = compose_transforms(members[m], t)
-            bar.close()
-            before, objective = objective, pairwise()
-            gain = (objective - before) / max(abs(before), 1e-300)
-            if progress:
-                print(
-                    f"MergeMany pass {p + 1}: {moved_count} of {m_total} members moved, "
-                    f"objective +{gain:.1e}",
-                    flush=True,
-                )
-            if not changed or gain <= tol:
-                break
-    perms = {k: torch.cat([t.perms[k] for t in members]) for k in ps.sizes}
-    factors = (
-        {k: torch.cat([t.factors[k] for t in members]) for k in ps.sizes} if sign_aware else None
-    )
-    transform = UnitTransform(perms, factors)
-    # The returned weights come from the original tensors by exact gathers (and sign flips).
-    out = apply_transform(params, spec, transform)
-    mean = {k: v.mean(0, keepdim=True) for k, v in effective_params(out, spec).items()}
-    return out, transform, mean
 
 
 def hidden_activations(params: Params, x: Tensor, spec: MLPSpec) -> list[Tensor]:
