@@ -25,7 +25,9 @@ test: $(BIN)/.installed  ## the whole test suite (slow tests included)
 bench: $(BIN)/.installed  ## speed and symmetry measurements against the usual ways (minutes)
 	$(BIN)/python -m pip install -q -e ".[bench]"
 	$(BIN)/python benchmarks/bench_zoo.py
+	$(BIN)/python benchmarks/bench_activations.py
 	$(BIN)/python benchmarks/bench_symmetry.py
+	$(BIN)/python benchmarks/bench_merge.py
 
 bench-large: $(BIN)/.installed  ## peak memory of an autoencoder epoch over zoos of 10k-100k members (~3 min, ~1.5 GB of disk)
 	$(BIN)/python benchmarks/bench_large_zoo.py

@@ -182,3 +182,14 @@ def test_a_cache_others_may_write_is_not_used(digits, cache):
     assert result.trainer == "hand"
     cache.chmod(0o700)
     assert fused.unavailable_reason() is None
+
+
+def test_an_edited_header_is_a_new_kernel(cache, tmp_path, monkeypatch):
+    """The cache key covers the kernel's header (its vectorized math), not only its source."""
+    header = tmp_path / "vecmath.h"
+    header.write_text(fused.HEADERS[0].read_text() + "\n// edited\n")
+    before = the_library(cache)
+    monkeypatch.setattr(fused, "HEADERS", [header])
+    fused.library()
+    assert sorted(cache.glob("fused_mlp-*.so")) != [before]
+    assert len(list(cache.glob("fused_mlp-*.so"))) == 2 and before.exists()

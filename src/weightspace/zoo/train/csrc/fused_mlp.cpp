@@ -23,6 +23,8 @@
 #include <cstdint>
 #include <cstring>
 #include <vector>
+
+#include "vecmath.h"
 #if defined(__SSE__) || defined(__x86_64__)
 #include <xmmintrin.h>
 #include <pmmintrin.h>
@@ -35,7 +37,7 @@ constexpr int RB = 8;  // rows per register block
 constexpr float LEAKY_SLOPE = 0.01f;
 constexpr float ADAM_B1 = 0.9f, ADAM_B2 = 0.999f, ADAM_EPS = 1e-8f;
 
-enum Act : int32_t { RELU = 0, TANH = 1, GELU = 2, SIGMOID = 3, LEAKY = 4, IDENTITY = 5 };
+enum Act : int32_t { RELU = 0, TANH = 1, GELU = 2, SIGMOID = 3, LEAKY = 4, IDENTITY = 5, SINE = 6 };
 
 // Subnormals as zero while training, as weightspace.train's torch path (flush_denormals);
 // the thread's previous mode is restored on the way out.
@@ -123,18 +125,8 @@ void mm_tn(const float* A, int64_t lda, int64_t K, int64_t I, const float* D, in
   for (; i0 < I; ++i0) mmtn_rows<1>(A, lda, K, D, ldd, N, C, ldc, i0);
 }
 
-// Elementwise activation and its derivative, the formulas of torch's CPU kernels.
-inline float act_fwd(int32_t act, float z) {
-  switch (act) {
-    case RELU: return z > 0.f ? z : 0.f;
-    case TANH: return std::tanh(z);
-    case GELU: return 0.5f * z * (1.f + std::erf(z * float(M_SQRT1_2)));
-    case SIGMOID: return 1.f / (1.f + std::exp(-z));
-    case LEAKY: return z > 0.f ? z : z * LEAKY_SLOPE;
-    default: return z;
-  }
-}
-
+// Elementwise activation and its derivative, the formulas of torch's CPU kernels; the
+// transcendental ones through vecmath.h, so every loop here is a vector loop.
 void activate(int32_t act, const float* z, float* a, int64_t n) {
   switch (act) {
     case RELU:
@@ -145,9 +137,23 @@ void activate(int32_t act, const float* z, float* a, int64_t n) {
 #pragma omp simd
       for (int64_t i = 0; i < n; ++i) a[i] = z[i] > 0.f ? z[i] : z[i] * LEAKY_SLOPE;
       break;
-    case IDENTITY: std::memcpy(a, z, n * sizeof(float)); break;
-    default:
-      for (int64_t i = 0; i < n; ++i) a[i] = act_fwd(act, z[i]);
+    case TANH:
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) a[i] = wsmath::tanh(z[i]);
+      break;
+    case GELU:
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) a[i] = wsmath::gelu(z[i]);
+      break;
+    case SIGMOID:
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) a[i] = wsmath::sigmoid(z[i]);
+      break;
+    case SINE:
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) a[i] = wsmath::sin(z[i]);
+      break;
+    default: std::memcpy(a, z, n * sizeof(float)); break;
   }
 }
 
@@ -170,16 +176,14 @@ void act_backward(int32_t act, const float* z, const float* a, float* d, int64_t
 #pragma omp simd
       for (int64_t i = 0; i < n; ++i) d[i] *= (1.f - a[i]) * a[i];
       break;
-    case GELU: {
-      const float beta = float(M_2_SQRTPI * M_SQRT1_2 * 0.5);
-      for (int64_t i = 0; i < n; ++i) {
-        const float x = z[i];
-        const float cdf = 0.5f * (1.f + std::erf(x * float(M_SQRT1_2)));
-        const float pdf = beta * std::exp(-0.5f * x * x);
-        d[i] *= cdf + x * pdf;
-      }
+    case GELU:
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) d[i] *= wsmath::gelu_grad(z[i], a[i]);
       break;
-    }
+    case SINE:
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) d[i] *= wsmath::cos(z[i]);
+      break;
     default: break;
   }
 }
@@ -425,7 +429,14 @@ void ws_shuffle(const int64_t* base, int64_t base_stride, int64_t n, const int64
     shuffle(base + m * base_stride, n, uint64_t(seeds[m]), epoch, out + (m - m0) * n);
 }
 
-int ws_abi_version() { return 4; }
+int ws_abi_version() { return 5; }
+
+// a = act(z) for n values; with d, also d *= act'(z) (tests compare both with torch's).
+void ws_activate(int32_t act, const float* z, float* a, float* d, int64_t n) {
+  FlushDenormals ftz;
+  activate(act, z, a, n);
+  if (d) act_backward(act, z, a, d, n);
+}
 
 // Mean loss and accuracy (classification) of members [m0, m1) on the n_rows rows of x, into
 // loss[m - m0] and acc[m - m0]: torch's cross-entropy (log-softmax) or squared error per row,
