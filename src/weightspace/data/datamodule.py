@@ -34,6 +34,7 @@ from weightspace.data.dataset import (
 from weightspace.data.normalizer import LayerNormalizer
 from weightspace.errors import ConfigError
 from weightspace.nets.spec import MLPSpec
+from weightspace.zoo.inr import split_by_signal
 from weightspace.zoo.store import Zoo
 from weightspace.zoo.tasks import Task
 
@@ -50,12 +51,20 @@ def split_members(
     ``zoo_index`` column, pairs). The members, sorted, are shuffled by ``seed`` and cut by
     ``fractions`` (largest remainders; every positive fraction gets a member if there are
     enough). Deterministic: the same members and seed give the same split.
+
+    INR zoos (every zoo's members carry a ``signal``) are split BY SIGNAL instead
+    (:func:`weightspace.zoo.inr.split_by_signal`): no signal's INRs in two groups, so a probe
+    never classifies a held-out INR of an image it saw fitted in training.
     """
     f = np.asarray(list(fractions), dtype=float)
     if f.ndim != 1 or len(f) == 0 or (f < 0).any() or not math.isclose(f.sum(), 1.0, abs_tol=1e-6):
         raise ConfigError(f"fractions: {list(fractions)} must be >= 0 and sum to 1")
     if isinstance(source, WeightDataset):
         keys: list[MemberKey] = list(source.member_keys())
+        if all("signal" in z.members for z in source.zoos):
+            signal = [int(source.zoos[zi].members["signal"].iloc[m]) for zi, m in keys]
+            parts = split_by_signal(signal, f, seed)
+            return [sorted(keys[i] for i in part) for part in parts]
     else:
         table = source.members if isinstance(source, Zoo) else source
         if "zoo_index" in table:
@@ -130,6 +139,21 @@ def make_loader(
     )
 
 
+def _check_splits(
+    zoo_paths: Sequence[str], members: Sequence[list[MemberKey]], fractions: Sequence[float]
+) -> None:
+    """Every split with a positive fraction needs a member: refused here, before training,
+    rather than after it (an empty test split has nothing to test)."""
+    if all(m or f == 0 for m, f in zip(members, fractions)):
+        return
+    need = sum(f > 0 for f in fractions)
+    have = sum(len(m) for m in members)
+    raise ConfigError(
+        f"zoo: {', '.join(zoo_paths)} has {have} member(s) after filtering; the train / val / "
+        f"test split {list(fractions)} needs at least {need}"
+    )
+
+
 @dataclass
 class _Splits:
     train: WeightDataset
@@ -178,6 +202,8 @@ class WeightDataModule(pl.LightningDataModule):
             raise ConfigError(f"fractions: need (train, val, test), got {list(self.fractions)}")
         self.seed = int(seed)
         self.batch_size = int(batch_size)
+        if self.batch_size < 1:
+            raise ConfigError(f"data.batch_size: must be >= 1, got {batch_size}")
         self.num_workers = int(num_workers)
         self.normalize = bool(normalize)
         self.transform = resolve_callable(transform, "transform")
@@ -225,6 +251,7 @@ class WeightDataModule(pl.LightningDataModule):
             cache=self.cache,
         )
         train_m, val_m, test_m = split_members(full, self.fractions, self.seed)
+        _check_splits(self.zoo_paths, (train_m, val_m, test_m), self.fractions)
         train = full.select_members(train_m)
         if self.normalize and self.normalizer is None:
             self.normalizer = LayerNormalizer.fit(train)

@@ -70,7 +70,9 @@ MEMBER_TARGETS = {  # column in members.parquet -> target name
     "label_noise": "label_noise",
     "diverged": "diverged",
 }
-CATEGORICAL_TARGETS = ("init", "bias_init", "optimizer", "activation", "data_order")
+CATEGORICAL_TARGETS = ("init", "bias_init", "optimizer", "activation", "data_order", "signal_class")
+# Metric targets only zoos of some tasks have (INR zoos: the fit's PSNR), kept where present.
+OPTIONAL_METRIC_TARGETS = ("psnr",)
 
 
 # --------------------------------------------------------------------------- the dataset
@@ -173,6 +175,10 @@ class WeightDataset(Dataset):
                 cats[col] = sorted(values)
         return cats
 
+    @property
+    def _optional_metrics(self) -> tuple[str, ...]:
+        return tuple(c for c in OPTIONAL_METRIC_TARGETS if any(c in z.metrics for z in self.zoos))
+
     def _select(self, epochs, exclude_diverged, test_acc_range, members) -> None:
         wanted = self._member_filter(members)
         if epochs is not None and not isinstance(epochs, str):
@@ -215,7 +221,7 @@ class WeightDataset(Dataset):
                     "epoch": rows["epoch"].to_numpy(np.int64),
                 }
             )
-            for col in METRIC_TARGETS:
+            for col in METRIC_TARGETS + self._optional_metrics:
                 df[col] = rows[col].to_numpy(float) if col in rows else np.nan
             for col, name in MEMBER_TARGETS.items():
                 df[name] = mrows[col].to_numpy(float) if col in mrows else np.nan
@@ -250,7 +256,7 @@ class WeightDataset(Dataset):
         self._epoch = items["epoch"].to_numpy(np.int64)
         self._activation = items["activation"].to_numpy(str) if "activation" in items else None
         targets: dict[str, np.ndarray] = {}
-        for col in METRIC_TARGETS:
+        for col in METRIC_TARGETS + self._optional_metrics:
             targets[col] = items[col].to_numpy(np.float32)
         targets["generalization_gap"] = (items["train_acc"] - items["test_acc"]).to_numpy(
             np.float32
