@@ -274,6 +274,28 @@ def test_report_embeds_every_figure_and_writes_json(api, tmp_path):
     assert not list((tmp_path / "out").glob(".*.tmp")), "no temporary files left behind"
 
 
+def test_rewriting_a_report_removes_only_its_own_stale_figures(api, tmp_path):
+    f1, d1 = patterns.fig_norm_profile(api)
+    f2, d2 = patterns.fig_spectra(api)
+    out = tmp_path / "out"
+    first = Section("patterns", "1. Patterns", "?")
+    first.figures = [Figure("a", "A", "", f1, d1), Figure("b", "B", "", f2, d2)]
+    write_report(Report("one", [first]), out)
+    (out / "mine.png").write_bytes(b"not the report's")  # a file the report did not write
+    second = Section("patterns", "1. Patterns", "?")
+    second.figures = [Figure("b", "B", "", f2, d2)]
+    write_report(Report("two", [second]), out)
+    assert sorted(p.name for p in out.glob("*.png")) == ["b.png", "mine.png"]
+
+
+def test_default_report_names_keep_analyses_of_one_zoo_apart():
+    from weightspace.analysis.run import QUESTION_SECTIONS, default_name
+
+    assert default_name("zoo", list(QUESTION_SECTIONS)) == "zoo"
+    assert default_name("zoo", ["patterns"]) == "zoo-patterns"
+    assert default_name("zoo", ["latent", "patterns"]) != default_name("zoo", ["patterns"])
+
+
 # --------------------------------------------------------------------------- analyze
 def test_analyze_end_to_end(api_zoo_path, twins, tmp_path):
     cfg = compose_config(
@@ -450,7 +472,8 @@ def test_cli_writes_the_report_and_reports_errors_in_one_line(api_zoo_path, tmp_
         timeout=300,
     )
     assert ok.returncode == 0, ok.stderr
-    report = tmp_path / "outputs" / "analysis" / api_zoo_path.name / "report.html"
+    # one section asked: the report is named after the zoo and the section
+    report = tmp_path / "outputs" / "analysis" / f"{api_zoo_path.name}-patterns" / "report.html"
     assert f"report: {report}" in ok.stdout and report.exists()
     bad = subprocess.run(
         [sys.executable, str(script), f"zoo={tmp_path / 'missing'}"],

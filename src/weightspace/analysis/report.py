@@ -276,10 +276,26 @@ def write_report(report: Report, out_dir: str | Path, dpi: int = 90) -> ReportFi
             _write(pngs[f.name], images[f.name])
     data = report_data(report, {k: v.name for k, v in pngs.items()})
     data_path = out / DATA_FILE
+    previous = _previous_pngs(data_path)
     _write(data_path, json.dumps(data, indent=1, allow_nan=False).encode())
     html_path = out / REPORT_FILE
+    stale = previous - {p.name for p in pngs.values()}
     _write(html_path, render_html(report, images).encode("utf-8"))
+    for name in stale:  # a previous report's figures this one does not have
+        (out / name).unlink(missing_ok=True)
     return ReportFiles(html_path, data_path, pngs)
+
+
+def _previous_pngs(data_path: Path) -> set[str]:
+    """The PNG file names the report last written to this folder listed (none if unreadable).
+    Read before ``figures.json`` is replaced; only names of our own PNGs, never paths."""
+    try:
+        old = json.loads(data_path.read_text())
+        figures = [f for s in old["sections"].values() for f in s["figures"].values()]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return set()
+    names = {f.get("png") for f in figures if isinstance(f, dict)}
+    return {n for n in names if isinstance(n, str) and n == Path(n).name and n.endswith(".png")}
 
 
 # --------------------------------------------------------------------------- W&B

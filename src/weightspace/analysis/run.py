@@ -146,6 +146,19 @@ def load_autoencoder(cfg: DictConfig, needed: bool = True) -> Run | None:
 
 
 # --------------------------------------------------------------------------- analyze
+# The five questions: a report of all of them is named after the zoo alone.
+QUESTION_SECTIONS = ("patterns", "runs_differ", "symmetry_breaking", "weight_norm", "latent")
+
+
+def default_name(zoo_name: str, sections: list[str]) -> str:
+    """The report's name when ``name`` is null: the zoo's folder name, followed by the
+    sections when not all five questions were asked, so that analyses of one zoo with
+    different sections land in different folders instead of replacing each other."""
+    if set(QUESTION_SECTIONS) <= set(sections):
+        return zoo_name
+    return "-".join([zoo_name, *sections])
+
+
 def analyze(cfg: DictConfig) -> dict[str, Any]:
     """Answer the config's questions about its zoo(s) and write the report.
 
@@ -197,7 +210,7 @@ def _analyze(cfg: DictConfig) -> dict[str, Any]:
         log.info("section %s", key)
         done.append(SECTIONS[key](inputs, opts))
 
-    name = cfg.get("name") or zoo.root.name
+    name = cfg.get("name") or default_name(zoo.root.name, sections)
     out = Path(cfg.get("out") or Path(cfg.paths.log_dir) / "analysis" / name)
     shown = {
         "zoo": f"{zoo.root} ({len(zoo)} members, widths {list(zoo.spec.widths)}, "

@@ -20,6 +20,10 @@ COMPARISON_COLUMNS = [
     "representation", "target", "probe", "baseline", "metric", "ours", "theirs", "difference",
     "ci_low", "ci_high", "verdict",
 ]  # fmt: skip
+# Below this many test members a bootstrap interval is too rough to claim better or worse
+# (7 members once gave R² differences of [+0.317, +13.018]): such a claim reads TOO_FEW.
+MIN_MEMBERS = 10
+TOO_FEW = "too few test members"
 
 
 def _weighted_score(y: np.ndarray, pred: np.ndarray, w: np.ndarray, categorical: bool):
@@ -54,7 +58,8 @@ def compare_probes(
     are scored on the same resample. One row per comparison: the two scores (R², or accuracy
     for categorical targets) on the test split, their difference, its ``level`` percentile
     interval, and a verdict: ``better`` / ``worse`` when the interval excludes 0, else
-    ``tied``.
+    ``tied``; with fewer than :data:`MIN_MEMBERS` test members a better / worse reads
+    :data:`TOO_FEW` instead (the interval is still reported).
 
     The resamples depend only on ``seed``, ``groups`` and the order of ``subject``'s probes in
     ``predictions`` (one draw per probe, whatever it is compared with): other subjects'
@@ -91,6 +96,8 @@ def compare_probes(
             a = float(_weighted_score(y, ours, full, is_cat)[0])
             b = float(_weighted_score(y, theirs, full, is_cat)[0])
             verdict = "better" if lo > 0 else "worse" if hi < 0 else "tied"
+            if verdict != "tied" and g.max() + 1 < MIN_MEMBERS:
+                verdict = TOO_FEW
             metric = "accuracy" if is_cat else "r2"
             values = (subject, target, family[kind], other, metric, a, b, a - b, lo, hi, verdict)
             rows.append(dict(zip(COMPARISON_COLUMNS, values)))
