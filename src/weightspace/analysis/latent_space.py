@@ -29,6 +29,8 @@ from weightspace.analysis.report import Figure as ReportFigure
 from weightspace.analysis.report import Section, Table
 from weightspace.autoencoder.run import EVALUATION_DIR, Latents, Run, encode_zoo
 from weightspace.errors import ConfigError
+from weightspace.evaluation.audit import describe as describe_audit
+from weightspace.evaluation.audit import draw_audit
 from weightspace.evaluation.results import EvalResults
 
 log = logging.getLogger(__name__)
@@ -256,6 +258,7 @@ def measure(run: Run, opts: Mapping[str, Any], zoo_root=None, seed: int = 0) -> 
         if evaluation is None
         else evaluation.reconstruction.rename_axis("model").reset_index(),
         "n_test": None if evaluation is None else evaluation.info.get("n_members/test"),
+        "audit": None if evaluation is None else (evaluation.audit_points, evaluation.audit),
         "notes": notes,
     }
 
@@ -304,6 +307,16 @@ def write(r: Mapping[str, Any]) -> Section:
             *fig_latent_trajectories(m, "pca"),
         )
     )
+    if r.get("audit") and r["audit"][0] is not None:  # the evaluation's memorization audit
+        points, audit = r["audit"]
+        s.figures.append(
+            ReportFigure(
+                "generation_audit",
+                "Generation: memorization audit",
+                describe_audit(audit) + " Curves: medians per temperature / noise scale / k.",
+                *draw_audit(points, audit),
+            )
+        )
     # ---- the text, from the numbers
     ratio = m["pca_variance_ratio"]
     rho = m["spearman"]

@@ -184,7 +184,8 @@ def _analyze(cfg: DictConfig) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"sections: unknown {unknown} (choose from {', '.join(SECTIONS)})")
     notes: list[str] = []
-    run = load_autoencoder(cfg, needed="latent" in sections)  # before any long work
+    # before any long work (the latent and INR sections read the run)
+    run = load_autoencoder(cfg, needed=bool({"latent", "inr"} & set(sections)))
     made, made_notes = make_zoos(cfg)
     notes += made_notes
     zoo_value = made.get("zoo") or _value(cfg, "zoo")

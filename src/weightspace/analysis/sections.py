@@ -9,11 +9,18 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from weightspace.analysis import latent_space, patterns, runs_differ, symmetry_breaking, weight_norm
+from weightspace.analysis import (
+    inr_signals,
+    latent_space,
+    patterns,
+    runs_differ,
+    symmetry_breaking,
+    weight_norm,
+)
 from weightspace.analysis.question import Inputs
 from weightspace.analysis.report import Section
 
-MODULES = (patterns, runs_differ, symmetry_breaking, weight_norm, latent_space)
+MODULES = (patterns, runs_differ, symmetry_breaking, weight_norm, latent_space, inr_signals)
 # config key -> (title, question)
 QUESTIONS = {m.QUESTION.key: (m.QUESTION.title, m.QUESTION.text) for m in MODULES}
 SECTIONS: dict[str, Callable[[Inputs, Mapping[str, Any]], Section]] = {

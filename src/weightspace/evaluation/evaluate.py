@@ -12,7 +12,9 @@
 2. **Reconstruction** (:mod:`~weightspace.evaluation.reconstruction`). Decoded networks run
    on the task; the PCA of the same width is the linear autoencoder to beat.
 3. **Generation** (:mod:`~weightspace.evaluation.sampling`). A density fitted to the latents
-   of the best training checkpoints is sampled, decoded and the networks evaluated untrained.
+   of the best training checkpoints is sampled, decoded and the networks evaluated untrained;
+   optionally audited for memorization against noise and averages of the training checkpoints
+   (:mod:`~weightspace.evaluation.audit`).
 
 It returns an :class:`~weightspace.evaluation.results.EvalResults`. Everything it calls is a
 pure function of arrays or stacked parameters, testable without an autoencoder; of the model
@@ -31,7 +33,16 @@ import torch
 from torch import Tensor
 
 from weightspace.data.datamodule import WeightDataModule
+from weightspace.evaluation.audit import AuditInputs, AuditOptions, run_audit
 from weightspace.evaluation.compare import compare_probes
+from weightspace.evaluation.inr import (
+    INR_TARGETS,
+    inr_generation,
+    inr_probe_targets,
+    inr_reconstruction_table,
+    is_inr,
+    signal_grid,
+)
 from weightspace.evaluation.probes import Split3, probe_table
 from weightspace.evaluation.reconstruction import evaluate_networks, reconstruction_table
 from weightspace.evaluation.results import EvalResults
@@ -115,6 +126,7 @@ def evaluate_autoencoder(
     batch_size: int = 512,
     max_items: int | None = None,
     seed: int = 0,
+    audit: AuditOptions | None = None,
 ) -> EvalResults:
     """Evaluate an autoencoder over weights on the datamodule's held-out (test) members.
 
@@ -143,6 +155,9 @@ def evaluate_autoencoder(
       decoded and evaluated untrained (:func:`generation_metrics`, against all training
       checkpoints); ``decoded_fit_acc_*`` is the accuracy of the fitted points themselves
       decoded, which separates decoder error from density error.
+    - ``audit`` (None: not run): the memorization audit of those samples
+      (:func:`~weightspace.evaluation.audit.run_audit`, its own RNG stream: every other
+      number is the same with or without it) in ``audit`` and ``audit_points``.
 
     ``task``: default, the zoo's own (``Zoo.task()``). ``latent_dim``: default, the width of
     the latents (given, it must match). ``max_items``: a seeded subset of each split's
@@ -156,6 +171,9 @@ def evaluate_autoencoder(
     datamodule.setup("test")
     if task is None:
         task = datamodule.task
+    inr = is_inr(task)  # an INR zoo: signals and PSNR instead of accuracy (evaluation/inr.py)
+    if inr and tuple(targets) == DEFAULT_TARGETS:
+        targets = INR_TARGETS
     splits = {s: load_split(datamodule, s, max_items, seed) for s in ("train", "val", "test")}
     spec = datamodule.spec
     device = _model_device(model)
@@ -178,19 +196,55 @@ def evaluate_autoencoder(
                 for s, d in splits.items()
             }
         decoded = _apply(model.decode, z["test"], batch_size, device, "decode")
-        generation = _generation(
-            model,
-            datamodule,
-            splits["train"],
-            z["train"],
-            task,
-            density,
-            top,
-            n_samples,
-            batch_size,
-            device,
-            seed,
-        )
+        sampled, state = None, None
+        if inr:
+            generation, sampled = inr_generation(
+                lambda zz: _apply(model.decode, zz, batch_size, device, "decode"),
+                datamodule,
+                splits["train"],
+                z["train"],
+                task,
+                density,
+                top,
+                n_samples,
+                seed,
+            )
+        else:
+            generation, state = _generation(
+                model,
+                datamodule,
+                splits["train"],
+                z["train"],
+                task,
+                density,
+                top,
+                n_samples,
+                batch_size,
+                device,
+                seed,
+            )
+        audit_summary, audit_points = {}, None
+        if audit is not None and state is not None:
+            dens, flat, fit_idx, gen_spec = state
+            audit_summary, audit_points = run_audit(
+                AuditInputs(
+                    splits["train"].weights,
+                    splits["train"].params,
+                    splits["train"].specs,
+                    splits["test"].weights,
+                    splits["test"].params,
+                    splits["test"].specs,
+                    fit_idx,
+                    dens,
+                    flat,
+                    gen_spec,
+                    lambda zz: _apply(model.decode, zz, batch_size, device, "decode"),
+                    lambda f: to_params(f, datamodule, gen_spec),
+                ),
+                task,
+                audit,
+                seed,
+            )
     finally:
         if was_training and hasattr(model, "train"):
             model.train()
@@ -208,7 +262,9 @@ def evaluate_autoencoder(
         "raw": tuple(splits[s].weights.double().numpy() for s in order),
         "pca": tuple(pca.transform(splits[s].weights.double().numpy()) for s in order),
     }
-    tgt, categorical = probe_targets([splits[s].items for s in order], targets)
+    tgt, categorical = (inr_probe_targets if inr else probe_targets)(
+        [splits[s].items for s in order], targets
+    )
     pred: dict = {}
     probes = probe_table(reps, tgt, categorical, boosting=boosting, seed=seed, predictions=pred)
     y_test = {t: np.asarray(y[2]) for t, y in tgt.items()}
@@ -234,9 +290,11 @@ def evaluate_autoencoder(
     # ---- reconstruction of the test networks
     test = splits["test"]
     pca_flat = torch.from_numpy(pca.inverse_transform(reps["pca"][2])).float()
-    reconstruction = reconstruction_table(
-        test, {"autoencoder": decoded, "pca": pca_flat}, datamodule, spec, task
-    )
+    table = inr_reconstruction_table if inr else reconstruction_table
+    reconstruction = table(test, {"autoencoder": decoded, "pca": pca_flat}, datamodule, spec, task)
+    signals = None
+    if inr:  # a few held-out signals as fitted, decoded and sampled (signals.png)
+        signals = signal_grid(test, datamodule, task, test.params, decoded, spec, sampled)
 
     info = {
         "task": task.name,
@@ -254,6 +312,9 @@ def evaluate_autoencoder(
         comparisons=comparisons,
         generation=generation,
         info=info,
+        audit=audit_summary,
+        audit_points=audit_points,
+        signals=signals,
     )
 
 
@@ -269,8 +330,9 @@ def _generation(
     batch_size: int,
     device: torch.device,
     seed: int,
-) -> dict[str, Any]:
-    """Fit, sample, decode and evaluate (see :func:`evaluate_autoencoder`)."""
+) -> tuple[dict[str, Any], tuple | None]:
+    """Fit, sample, decode and evaluate (see :func:`evaluate_autoencoder`); also the density,
+    the decoded samples, the fitted rows and the samples' spec, for the audit."""
     acc = train.items["test_acc"].to_numpy(np.float64)
     best = top_fraction(acc, top) if np.isfinite(acc).any() else np.arange(len(train))
     acts = np.array([train.specs[i].activation for i in best])
@@ -280,7 +342,7 @@ def _generation(
     info: dict[str, Any] = {"density": kind, "top_fraction": top, "activation": activation}
     info["n_fit"] = len(fit_idx)
     if len(fit_idx) < 2:
-        return {**info, "note": "fewer than 2 checkpoints to fit a density to"}
+        return {**info, "note": "fewer than 2 checkpoints to fit a density to"}, None
     dens = fit_latent_density(z_train[fit_idx].double().numpy(), kind)
     spec = MLPSpec(datamodule.spec.widths, activation, datamodule.spec.bias)
     samples = torch.from_numpy(dens.sample(n_samples, seed)).float()
@@ -294,4 +356,4 @@ def _generation(
         **metrics,
         **quartiles(acc[fit_idx], "fit_acc"),
         **quartiles(fit_acc, "decoded_fit_acc"),
-    }
+    }, (dens, flat, fit_idx, spec)

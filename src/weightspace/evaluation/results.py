@@ -8,8 +8,15 @@ returns. :meth:`EvalResults.save` writes a folder of
                           baselines' (paired bootstrap), column ``representation`` first
 - ``reconstruction.csv``  a row per model (and per checkpoint epoch), column ``model`` first
 - ``table.md``            the probe table for people (never read back)
+- ``audit.csv``           with a memorization audit only: a row per audited network
+                          (:data:`~weightspace.evaluation.audit.POINT_COLUMNS`), and
+- ``audit.png``           its figure (:func:`~weightspace.evaluation.audit.draw_audit`)
+- ``signals.npz``         with an INR zoo only: a few held-out signals as fitted, decoded
+                          and sampled (:func:`~weightspace.evaluation.inr.signal_grid`), and
+- ``signals.png``         their figure (:func:`~weightspace.evaluation.inr.draw_signal_grid`)
 - ``results.json``        everything above but the table, plus ``info`` and ``generation``
-                          (NaN / inf written as null); written last
+                          (and ``audit``'s summary, with an audit; NaN / inf written as
+                          null); written last
 
 and :meth:`EvalResults.load` reads one back from the CSVs and the JSON. Nothing else in the
 package names these files.
@@ -37,6 +44,8 @@ FILES = {
     "table": "table.md",
     "json": "results.json",
 }
+AUDIT_FILES = {"audit": "audit.csv", "audit_figure": "audit.png"}  # written with an audit
+SIGNAL_FILES = {"signals": "signals.npz", "signals_figure": "signals.png"}  # INR zoos
 # Floats read back exactly as written: pandas 3 does by default (and deprecates the option).
 _EXACT = {"float_precision": "round_trip"} if int(pd.__version__.split(".")[0]) < 3 else {}
 # The names the results read by, as a mapping (in the order of the former results dict).
@@ -56,6 +65,8 @@ class EvalResults(Mapping[str, Any]):
     ``reconstruction``: a row per model (autoencoder, pca, then per checkpoint epoch), see
     :func:`~weightspace.evaluation.reconstruction.reconstruction_table`; ``generation`` and
     ``info``: plain values. ``table`` is the probe table in markdown, made from ``probes``.
+    ``audit`` / ``audit_points``: the memorization audit's summary and its networks
+    (:func:`~weightspace.evaluation.audit.run_audit`; ``audit_points`` None without one).
 
     Also read as a mapping with those keys (``results["probes"]``), as the results were a
     dict before.
@@ -66,6 +77,9 @@ class EvalResults(Mapping[str, Any]):
     comparisons: pd.DataFrame = field(default_factory=_no_comparisons)
     generation: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    audit: dict[str, Any] = field(default_factory=dict)
+    audit_points: pd.DataFrame | None = None
+    signals: dict[str, np.ndarray] | None = None  # INR zoos: evaluation.inr.signal_grid
 
     @property
     def table(self) -> str:
@@ -120,7 +134,8 @@ class EvalResults(Mapping[str, Any]):
         return EvalResults.paths(folder)["json"].is_file()
 
     def save(self, folder: str | Path) -> dict[str, Path]:
-        """Write the results into ``folder`` (created if needed); returns the paths by name."""
+        """Write the results into ``folder`` (created if needed); returns the paths by name
+        (with ``audit`` and ``audit_figure`` when there is an audit)."""
         paths = self.paths(folder)
         Path(folder).mkdir(parents=True, exist_ok=True)
         self.probes.to_csv(paths["probes"], index=False)
@@ -135,6 +150,26 @@ class EvalResults(Mapping[str, Any]):
             "probes": self.probes.to_dict(orient="records"),
             "comparisons": self.comparisons.to_dict(orient="records"),
         }
+        if self.audit_points is not None:
+            from weightspace.evaluation.audit import draw_audit
+
+            root = Path(folder)
+            paths |= {name: root / file for name, file in AUDIT_FILES.items()}
+            self.audit_points.to_csv(paths["audit"], index=False)
+            fig, _ = draw_audit(self.audit_points, self.audit)
+            fig.savefig(paths["audit_figure"], dpi=120, metadata={"Software": None})
+            payload["audit"] = self.audit
+        if self.signals is not None:
+            import matplotlib.pyplot as plt
+
+            from weightspace.evaluation.inr import draw_signal_grid
+
+            root = Path(folder)
+            paths |= {name: root / file for name, file in SIGNAL_FILES.items()}
+            np.savez(paths["signals"], **self.signals)
+            fig, _ = draw_signal_grid(self.signals)
+            fig.savefig(paths["signals_figure"], dpi=120, metadata={"Software": None})
+            plt.close(fig)
         paths["json"].write_text(json.dumps(_json_safe(payload), indent=1, allow_nan=False))
         return paths
 
@@ -159,12 +194,22 @@ class EvalResults(Mapping[str, Any]):
         )
         if "representation" not in comparisons:
             comparisons.insert(0, "representation", "latent")
+        audit_csv = Path(folder) / AUDIT_FILES["audit"]
+        points = pd.read_csv(audit_csv, **_EXACT) if audit_csv.is_file() else None
+        signals_npz = Path(folder) / SIGNAL_FILES["signals"]
+        signals = None
+        if signals_npz.is_file():
+            with np.load(signals_npz) as npz:
+                signals = {k: npz[k] for k in npz.files}
         return cls(
             probes=probes,
             reconstruction=reconstruction,
             comparisons=comparisons,
             generation=_nan_for_null(data.get("generation") or {}),
             info=_nan_for_null(data.get("info") or {}),
+            audit=_nan_for_null(data.get("audit") or {}),
+            audit_points=points,
+            signals=signals,
         )
 
 

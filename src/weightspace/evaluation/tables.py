@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from weightspace.autoencoder.run import EVALUATION_DIR
+from weightspace.evaluation.audit import describe
 
 # The headline family of each probe: linear probes (ridge, logistic) side by side.
 PROBE_FAMILY = {"ridge": "linear", "logistic": "linear", "boosting": "boosting", "constant": ""}
@@ -130,6 +131,9 @@ RECONSTRUCTION_COLUMNS = (
     "acc_retention_of_means",
     "agreement",
     "r2_mean",
+    "orig_psnr_median",  # INR zoos (evaluation/inr.py)
+    "recon_psnr_median",
+    "psnr_vs_orig_median",
 )
 
 
@@ -163,7 +167,14 @@ def summarize_evaluation(results: Mapping[str, Any], run_dir: str | Path) -> str
             for k, v in gen.items()
             if isinstance(v, (int, float, bool))
         ),
+        *_audit_lines(results),
         "",
         f"written to {Path(run_dir) / EVALUATION_DIR}",
     ]
     return "\n".join(lines)
+
+
+def _audit_lines(results: Mapping[str, Any]) -> list[str]:
+    """The memorization audit's sentence (none without an audit: ``results.audit`` empty)."""
+    audit = getattr(results, "audit", None)
+    return ["", describe(audit) + " (audit.png, audit.csv)"] if audit else []
