@@ -4,6 +4,7 @@
 - :func:`quiet_trainer`: a Lightning trainer on the CPU that writes and prints nothing.
 - :data:`SMALL_OVERRIDES`: the autoencoder config made small and quiet for CPU tests (used by
   the autoencoder tests, the sweep test and the DDP test).
+- :data:`TINY_INR`: a tiny INR zoo (conf/generate.yaml overrides, ~3 s to generate).
 """
 
 from __future__ import annotations
@@ -16,6 +17,16 @@ SMALL_OVERRIDES = (
     "trainer.accelerator=cpu",
     "trainer.enable_progress_bar=false",
     "trainer.log_every_n_steps=1",
+)
+
+# 12 SIRENs on 4 digit images (each fitted three times with different seeds), 30 Adam steps.
+TINY_INR = (
+    "experiment=zoo/inr_digits",
+    "task.n_signals=4",
+    "zoo.size=12",
+    "zoo.shard_size=12",
+    "zoo.checkpoints=[0,30]",
+    "zoo.hparams.epochs=30",
 )
 
 

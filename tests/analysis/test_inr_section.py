@@ -7,19 +7,11 @@ from pathlib import Path
 
 import pytest
 from conftest import compose_cfg
+from helpers import TINY_INR
 from hydra import compose, initialize_config_dir
 
 from weightspace.analysis import analyze, compose_config
 from weightspace.zoo.generate import generate
-
-INR = (
-    "experiment=zoo/inr_digits",
-    "task.n_signals=4",
-    "zoo.size=12",
-    "zoo.shard_size=12",
-    "zoo.checkpoints=[0,30]",
-    "zoo.hparams.epochs=30",
-)
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +20,7 @@ def inr_run(tmp_path_factory) -> tuple[Path, Path]:
     from weightspace.autoencoder.train import CONFIG_DIR, CONFIG_NAME, train
 
     root = tmp_path_factory.mktemp("inr_section")
-    zoo = generate(compose_cfg(root, *INR, tiny=False)).path
+    zoo = generate(compose_cfg(root, *TINY_INR, tiny=False)).path
     run_dir = root / "outputs" / "autoencoder" / "inr"
     overrides = [
         "experiment=autoencoder/inr_digits",

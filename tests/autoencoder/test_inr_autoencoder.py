@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import compose_cfg
-from helpers import SMALL_OVERRIDES, quiet_trainer
+from helpers import SMALL_OVERRIDES, TINY_INR, quiet_trainer
 from hydra import compose, initialize_config_dir
 
 from weightspace.autoencoder.module import WeightAutoencoder
@@ -19,14 +19,6 @@ from weightspace.nets.forward import forward
 from weightspace.nets.layout import unflatten_params
 from weightspace.zoo.generate import generate
 
-INR = (
-    "experiment=zoo/inr_digits",
-    "task.n_signals=4",
-    "zoo.size=12",
-    "zoo.shard_size=12",
-    "zoo.checkpoints=[0,30]",
-    "zoo.hparams.epochs=30",
-)
 A = "weightspace.autoencoder."
 ENCODERS = {
     "mlp": {"_target_": A + "encoders.MLPEncoder", "hidden": [32]},
@@ -40,7 +32,7 @@ DECODER = {"_target_": A + "decoders.MLPDecoder", "_partial_": True, "kind": "ml
 @pytest.fixture(scope="module")
 def zoo_path(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("inr_ae")
-    return generate(compose_cfg(root, *INR, tiny=False)).path
+    return generate(compose_cfg(root, *TINY_INR, tiny=False)).path
 
 
 @pytest.fixture(scope="module")

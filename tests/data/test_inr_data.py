@@ -5,27 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import compose_cfg
+from helpers import TINY_INR
 
 from weightspace.data.datamodule import WeightDataModule, split_members
 from weightspace.data.dataset import WeightDataset
 from weightspace.zoo.generate import generate
 from weightspace.zoo.store import Zoo
 
-# 12 SIRENs on 4 digit images (each fitted three times with different seeds), 30 Adam steps.
-INR = (
-    "experiment=zoo/inr_digits",
-    "task.n_signals=4",
-    "zoo.size=12",
-    "zoo.shard_size=12",
-    "zoo.checkpoints=[0,30]",
-    "zoo.hparams.epochs=30",
-)
-
 
 @pytest.fixture(scope="module")
 def inr_zoo(tmp_path_factory) -> Zoo:
     root = tmp_path_factory.mktemp("inr_data")
-    return Zoo.open(generate(compose_cfg(root, *INR, tiny=False)).path)
+    return Zoo.open(generate(compose_cfg(root, *TINY_INR, tiny=False)).path)
 
 
 def test_members_are_split_by_signal_never_a_signal_in_two_splits(inr_zoo):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import compose_cfg
-from helpers import quiet_trainer
+from helpers import TINY_INR, quiet_trainer
 
 from weightspace.autoencoder.module import WeightAutoencoder
 from weightspace.data.datamodule import WeightDataModule
@@ -24,15 +24,6 @@ from weightspace.evaluation.splits import load_split
 from weightspace.zoo.generate import generate
 from weightspace.zoo.store import Zoo
 
-# 12 SIRENs on 4 digit images (each fitted three times), 30 Adam steps (tests/data's zoo).
-INR = (
-    "experiment=zoo/inr_digits",
-    "task.n_signals=4",
-    "zoo.size=12",
-    "zoo.shard_size=12",
-    "zoo.checkpoints=[0,30]",
-    "zoo.hparams.epochs=30",
-)
 A = "weightspace.autoencoder."
 PROBE = {
     "_target_": A + "encoders.ProbeEncoder",
@@ -46,7 +37,7 @@ DECODER = {"_target_": A + "decoders.MLPDecoder", "_partial_": True, "kind": "ml
 @pytest.fixture(scope="module")
 def inr_zoo(tmp_path_factory) -> Zoo:
     root = tmp_path_factory.mktemp("inr_eval")
-    return Zoo.open(generate(compose_cfg(root, *INR, tiny=False)).path)
+    return Zoo.open(generate(compose_cfg(root, *TINY_INR, tiny=False)).path)
 
 
 @pytest.fixture(scope="module")

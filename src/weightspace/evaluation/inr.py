@@ -36,7 +36,7 @@ from torch import Tensor
 
 from weightspace.data.datamodule import WeightDataModule
 from weightspace.evaluation.probes import Split3
-from weightspace.evaluation.reconstruction import flat_r2, tensor_r2
+from weightspace.evaluation.reconstruction import epoch_groups, flat_r2, tensor_r2
 from weightspace.evaluation.sampling import fit_latent_density, generation_metrics, top_fraction
 from weightspace.evaluation.scores import quartiles
 from weightspace.evaluation.splits import SplitData, probe_targets, to_params
@@ -137,12 +137,7 @@ def inr_reconstruction_table(
     orig = render(split.params, split.specs, task.coords)  # (N, P, out)
     o_mse = (orig.double() - targets.double()).square().mean((1, 2)).numpy()
     o_psnr = signal_psnr(orig, targets, peaks)
-    epochs = split.items["epoch"].to_numpy()
-    groups: list[tuple[str, float, np.ndarray]] = [("", float("nan"), np.arange(len(split)))]
-    if len(np.unique(epochs)) > 1:
-        groups += [
-            (f" epoch {e}", float(e), np.flatnonzero(epochs == e)) for e in np.unique(epochs)
-        ]
+    groups = epoch_groups(split)
     rows = {}
     for name, flat in decoded.items():
         params = to_params(flat, datamodule, spec)

@@ -139,6 +139,18 @@ def flat_r2(x: np.ndarray | Tensor, x_hat: np.ndarray | Tensor) -> float:
     return r2(as_2d(x), as_2d(x_hat))
 
 
+def epoch_groups(split: SplitData) -> list[tuple[str, float, np.ndarray]]:
+    """``(row suffix, epoch, item indices)``: all items (suffix "", epoch NaN), then, when the
+    split holds several checkpoint epochs, each epoch's items (suffix " epoch <e>")."""
+    epochs = split.items["epoch"].to_numpy() if "epoch" in split.items else np.zeros(len(split))
+    groups: list[tuple[str, float, np.ndarray]] = [("", float("nan"), np.arange(len(split)))]
+    if len(np.unique(epochs)) > 1:
+        groups += [
+            (f" epoch {e}", float(e), np.flatnonzero(epochs == e)) for e in np.unique(epochs)
+        ]
+    return groups
+
+
 def reconstruction_table(
     split: SplitData,
     decoded: Mapping[str, Tensor],
@@ -152,12 +164,7 @@ def reconstruction_table(
     (column ``epoch``; NaN on the overall rows). Initializations (epoch 0) are random
     networks no latent of a few dozen numbers can carry, and partly trained ones are rough:
     the per-epoch rows keep the overall mean from hiding how well trained networks decode."""
-    epochs = split.items["epoch"].to_numpy() if "epoch" in split.items else np.zeros(len(split))
-    groups: list[tuple[str, float, np.ndarray]] = [("", float("nan"), np.arange(len(split)))]
-    if len(np.unique(epochs)) > 1:
-        groups += [
-            (f" epoch {e}", float(e), np.flatnonzero(epochs == e)) for e in np.unique(epochs)
-        ]
+    groups = epoch_groups(split)
     rows = {}
     for name, flat in decoded.items():
         params = to_params(flat, datamodule, spec)
