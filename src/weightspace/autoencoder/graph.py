@@ -55,6 +55,7 @@ import torch
 from torch import Tensor, nn
 
 from weightspace.autoencoder.blocks import mlp_layers
+from weightspace.autoencoder.entry_norm import make_standardizer
 from weightspace.errors import ConfigError
 from weightspace.nets.spec import MLPSpec, Params, layers
 from weightspace.symmetry import (
@@ -167,6 +168,10 @@ class GraphEncoder(nn.Module):
         readout_hidden: width of the MLP from the pooled graph to the latent.
         symmetry: ``auto`` (canonical scale / signs where the zoo's activations allow, then
             permutation-invariant message passing) or ``permutation`` (no canonicalization).
+        center: ``None`` (the default) or ``entry``: each entry standardized by its running
+            mean and std over the training members after canonicalizing
+            (:mod:`~weightspace.autoencoder.entry_norm`; for zoos of one shared init: it fixes
+            a frame, so per-member permutation invariance is given up).
 
     Readout, invariant to hidden permutations: the mean node of each hidden layer, the output
     nodes in order, the mean input node and the mean edge of each layer, then an MLP.
@@ -186,6 +191,7 @@ class GraphEncoder(nn.Module):
         n_layers: int = 3,
         readout_hidden: int = 256,
         symmetry: str = "auto",
+        center: str | None = None,
     ):
         super().__init__()
         if symmetry not in SYMMETRIES:
@@ -201,6 +207,7 @@ class GraphEncoder(nn.Module):
         self.spec = spec
         self.scale, self.sign = kinds.pop() if symmetry == "auto" else (False, False)
         self.canon_spec = replace(spec, activation=acts[0])  # one symmetry kind: acts[0]'s
+        self.standardize = make_standardizer(center, spec.layer_shapes(), spec.bias)
         d, c = hidden, edge_dim
         self.edge_in = nn.Linear(2, c)
         self.edge_in2 = nn.Linear(c, c)  # the edges' first features: an MLP of the weight
@@ -250,6 +257,8 @@ class GraphEncoder(nn.Module):
 
     def forward(self, params: Params) -> Tensor:  # {name: (N, *shape)} -> (N, latent)
         wb = self.canonical(params)
+        if self.standardize is not None:
+            wb = self.standardize(wb)
         widths = [wb[0][0].shape[2]] + [w.shape[1] for w, _ in wb]
         offsets = [0, *itertools.accumulate(widths)]
         h, e = self.graph(wb)

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from weightspace.autoencoder.blocks import ACTIVATIONS, mlp_layers
+from weightspace.autoencoder.entry_norm import make_standardizer
 from weightspace.errors import ConfigError
 from weightspace.nets.spec import MLPSpec, Params, layers
 from weightspace.symmetry import (
@@ -146,6 +147,10 @@ class NFNEncoder(nn.Module):
       of its units, so zoo members whose scales differ by orders of magnitude (a constant
       init, the last layer after rescaling) all enter the layers at O(1); the log of each
       scale goes to the readout, so nothing is lost.
+    - **Centring** (``center=entry``, off by default): each entry standardized by its running
+      mean and std over the training members, after canonicalizing and before the per-layer
+      scale (:mod:`~weightspace.autoencoder.entry_norm`): for zoos of one shared init; it
+      fixes a frame, so per-member permutation invariance is given up.
     - **Layers.** ``n_layers`` NP layers of ``channels`` channels, ``activation`` between
       them (and after the last).
     - **Readout.** Means over the hidden units (every layer's full weight and bias means, the
@@ -168,6 +173,7 @@ class NFNEncoder(nn.Module):
         io_embed: bool = True,
         canonical: bool = True,
         layer_norm: bool = True,
+        center: str | None = None,
     ):
         super().__init__()
         if spec.n_layers < 2:
@@ -187,6 +193,7 @@ class NFNEncoder(nn.Module):
         self.scale = canonical and spec.activation in HOMOGENEOUS_ACTIVATIONS
         self.sign = canonical and spec.activation in ODD_ACTIVATIONS
         shapes = spec.layer_shapes()
+        self.standardize = make_standardizer(center, shapes, spec.bias)
         sizes = [1] + [channels] * n_layers
         self.layers = nn.ModuleList(
             NPLayer(shapes, a, b, io_embed) for a, b in zip(sizes[:-1], sizes[1:])
@@ -204,7 +211,10 @@ class NFNEncoder(nn.Module):
         """Per layer ``W (N, out, in, 1)``, ``b (N, out, 1)`` at unit RMS, and the log RMS
         ``(N, L)``."""
         feats, log_scales = [], []
-        for w, b in layers(params, self.spec):  # (N, out, in), (N, out) or None
+        wb = list(layers(params, self.spec))  # (N, out, in), (N, out) or None
+        if self.standardize is not None:  # encoder.center=entry
+            wb = self.standardize(wb)
+        for w, b in wb:
             b = w.new_zeros(w.shape[:2]) if b is None else b
             sq = w.square().sum((1, 2)) + b.square().sum(1)
             rms = (sq / (w[0].numel() + b[0].numel())).sqrt().clamp_min(1e-6)  # (N,)
