@@ -499,5 +499,5 @@ def test_wandb_run_gets_the_figures_and_tables(api_zoo_path, tmp_path):
     result = analyze(cfg)
     runs = list((tmp_path / "outputs" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, "one offline run, finished"
-    assert len(list(runs[0].rglob("media/images/patterns/*.png"))) == len(result["pngs"])
-    assert list(runs[0].rglob("media/table/patterns/*.table.json")), "the table is logged"
+    assert len(list(runs[0].rglob("media/images/patterns/figures/*.png"))) == len(result["pngs"])
+    assert list(runs[0].rglob("media/table/patterns/tables/*.table.json")), "the table is logged"

@@ -8,8 +8,9 @@
 - ``figures.json``: every figure's numbers, the tables and the texts, JSON-safe (NaN and
   infinities become ``null``).
 
-Every file is written atomically. :func:`log_wandb` logs the same figures (as images) and
-tables to a W&B run, offline unless the user is logged in.
+Every file is written atomically. :func:`log_wandb` logs the same figures (as images), tables
+(in their own namespace) and the HTML report to a W&B run, with what was analysed, offline
+unless the user is logged in.
 """
 
 from __future__ import annotations
@@ -305,24 +306,32 @@ def log_wandb(
     logger_cfg: Mapping[str, Any],
     config: Mapping[str, Any],
     name: str,
+    analysed: Mapping[str, Any] | None = None,
 ) -> None:
-    """One W&B run with every figure (``<section>/<figure>`` images), every table and the
-    sections' headline numbers in the summary. Offline unless logged in
-    (:func:`weightspace.tracking.wandb_mode`); the run is finished whatever happens
-    (:func:`weightspace.tracking.wandb_run`)."""
+    """One W&B run with every figure (``<section>/figures/<figure>`` images), every table
+    (``<section>/tables/<table>``: a table never takes a figure's key), the sections'
+    headline numbers in the summary and the HTML report (``report``, a ``wandb.Html``).
+    ``analysed``: what was analysed, resolved (the zoo folder, the autoencoder run folder
+    and its W&B id, ...): replaces those keys of ``config`` and goes into the summary under
+    ``analysed/``. Offline unless logged in (:func:`weightspace.tracking.wandb_mode`); the
+    run is finished whatever happens (:func:`weightspace.tracking.wandb_run`)."""
     import wandb
 
     from weightspace.tracking import wandb_run
 
+    analysed = {k: v for k, v in (analysed or {}).items() if v is not None}
+    config = {**config, **analysed}
     with wandb_run(logger_cfg, name, "analysis", config) as run:
         logs: dict[str, Any] = {}
         for s in report.sections:
             for f in s.figures:
-                logs[f"{s.key}/{f.name}"] = wandb.Image(str(files.pngs[f.name]), caption=f.title)
+                logs[f"{s.key}/figures/{f.name}"] = wandb.Image(
+                    str(files.pngs[f.name]), caption=f.title
+                )
             for t in s.tables:
-                logs[f"{s.key}/{t.name}"] = wandb.Table(dataframe=t.frame)
-        if logs:
-            run.log(logs)
+                logs[f"{s.key}/tables/{t.name}"] = wandb.Table(dataframe=t.frame)
+        logs["report"] = wandb.Html(files.html.read_text(encoding="utf-8"), inject=False)
+        run.log(logs)
         run.summary.update(
             {
                 f"{s.key}/{k}": v
@@ -331,4 +340,5 @@ def log_wandb(
                 if isinstance(v, int | float) and math.isfinite(v)
             }
         )
-        run.summary["report"] = str(files.html)
+        run.summary.update({f"analysed/{k}": str(v) for k, v in analysed.items()})
+        run.summary["report_path"] = str(files.html)

@@ -234,7 +234,14 @@ def _analyze(cfg: DictConfig) -> dict[str, Any]:
     files = write_report(report, out, dpi=int(figure_cfg.get("dpi", 90)))
     lcfg = cfg.get("logger")
     if lcfg is not None and lcfg.get("name") == "wandb":
-        log_wandb(report, files, to_dict(lcfg), to_dict(cfg), f"analysis-{name}")
+        analysed = {
+            "zoo": str(zoo.root),
+            "compare_zoo": None if compare is None else str(compare.root),
+            "autoencoder": None if run is None else str(run.path),
+            "autoencoder_wandb_id": None if run is None else run.record.get("wandb_id"),
+            "autoencoder_checkpoint": None if run is None else str(run.checkpoint),
+        }
+        log_wandb(report, files, to_dict(lcfg), to_dict(cfg), f"analysis-{name}", analysed)
     return {
         "out": out,
         "report": files.html,

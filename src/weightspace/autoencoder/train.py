@@ -39,7 +39,14 @@ from weightspace.autoencoder.run import CONFIG_FILE, RUN_FILE
 from weightspace.config import CONF_DIR, to_dict
 from weightspace.data.datamodule import WeightDataModule
 from weightspace.errors import ConfigError, ZooError
-from weightspace.tracking import wandb_mode
+from weightspace.tracking import (
+    FITTED,
+    log_reference,
+    run_config,
+    run_name,
+    sweep_overrides,
+    wandb_mode,
+)
 from weightspace.zoo.store import MANIFEST
 from weightspace.zoo.store import resolve_zoo as resolve_zoo_folder
 
@@ -141,15 +148,57 @@ def _wandb_group(cfg: DictConfig) -> str | None:
     return None
 
 
+class ConfigOnceWandbLogger(WandbLogger):
+    """The W&B logger whose config is the run's Hydra config, given once at ``wandb.init``.
+
+    Lightning logs the model's hyperparameters again when fitting starts; they repeat the
+    config's ``model`` group (and carry the fitted arrays). Only the values the config does
+    not hold (the zoo's widths and activations, ...) are added, under ``resolved``."""
+
+    def __init__(self, *args: Any, known: set[str] = frozenset(), **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._known = set(known)
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any) -> None:
+        items = params.items() if hasattr(params, "items") else vars(params).items()
+        extra = {
+            str(k): v
+            for k, v in items
+            if k not in self._known and k not in FITTED and not str(k).startswith("_")
+        }
+        if extra:
+            self.experiment.config.update(
+                {"resolved": run_config(_plain(extra))}, allow_val_change=True
+            )
+
+
+def _plain(values: dict[str, Any]) -> dict[str, Any]:
+    """JSON-able values (tensors and other objects as their repr)."""
+    out: dict[str, Any] = {}
+    for k, v in values.items():
+        if isinstance(v, DictConfig) or OmegaConf.is_config(v):
+            v = OmegaConf.to_container(v, resolve=True)
+        try:
+            json.dumps(v)
+        except TypeError:
+            v = repr(v)
+        out[k] = v
+    return out
+
+
 def build_loggers(cfg: DictConfig, run_dir: Path, wandb_id: str) -> list[Logger]:
-    """CSV always (into the run folder); W&B with ``logger=wandb``, offline unless logged in."""
+    """CSV always (into the run folder); W&B with ``logger=wandb``, offline unless logged in.
+
+    The W&B run: the config without fitted values (:func:`weightspace.tracking.run_config`),
+    logged once (:class:`ConfigOnceWandbLogger`); a sweep job's overrides in its name."""
     loggers: list[Logger] = [CSVLogger(save_dir=run_dir, name="csv")]
     lcfg = cfg.logger
     if lcfg.get("name") == "wandb":
         Path(lcfg.dir).mkdir(parents=True, exist_ok=True)
         loggers.append(
-            WandbLogger(
-                name=cfg.get("name"),
+            ConfigOnceWandbLogger(
+                name=run_name(str(cfg.get("name")), sweep_overrides()),
                 project=lcfg.project,
                 entity=lcfg.get("entity"),
                 group=_wandb_group(cfg),
@@ -158,10 +207,58 @@ def build_loggers(cfg: DictConfig, run_dir: Path, wandb_id: str) -> list[Logger]
                 id=wandb_id,  # WandbLogger passes resume="allow": a resume continues the run
                 mode=wandb_mode(lcfg.get("mode")),
                 job_type="autoencoder",
-                config=to_dict(cfg),
+                config=run_config(to_dict(cfg)),
+                known=set((cfg.get("model") or {}).keys()),
             )
         )
     return loggers
+
+
+class EpochLoss(Callback):
+    """The training loss averaged over each epoch (weighted by batch size), logged as
+    ``train/loss_epoch`` to the W&B logger only: the CSV logger and the metrics ``train``
+    returns stay as they were (the per-step curve is ``train/loss``)."""
+
+    def __init__(self, logger: Logger):
+        self.logger = logger
+        self.total, self.n = 0.0, 0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        self.total, self.n = 0.0, 0
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if loss is None:
+            return
+        ids = batch.get("member_id") if isinstance(batch, dict) else None
+        n = len(ids) if ids is not None else 1
+        self.total += float(loss.detach()) * n
+        self.n += n
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        if self.n and trainer.is_global_zero:
+            self.logger.log_metrics(
+                {"train/loss_epoch": self.total / self.n, "epoch": trainer.current_epoch},
+                step=trainer.global_step,
+            )
+
+
+def _wandb_logger(loggers: list[Logger]) -> WandbLogger | None:
+    return next((lg for lg in loggers if isinstance(lg, WandbLogger)), None)
+
+
+@rank_zero_only
+def _log_checkpoint(logger: WandbLogger, metrics: dict[str, Any], record: dict[str, Any]) -> None:
+    """The best checkpoint as a W&B artifact by reference (``file://``; nothing uploaded),
+    and the run folder in the summary (what an analysis of this run records)."""
+    run = logger.experiment
+    run.summary["run_dir"] = metrics["run_dir"]
+    best = metrics.get("best_checkpoint")
+    if best and Path(best).is_file():
+        meta = {"run_dir": metrics["run_dir"], "global_step": metrics["global_step"]}
+        log_reference(run, best, f"checkpoint-{record['wandb_id']}", "model", meta)
 
 
 def build_callbacks(run_dir: Path, monitor: str = "val/recon") -> list[Callback]:
@@ -219,8 +316,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     callbacks = build_callbacks(run_dir, getattr(model, "monitor", "val/recon"))
     # Extra callbacks from the config: {name: {_target_: ...}} (e.g. a test's data recorder).
     callbacks += [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    wandb_logger = _wandb_logger(loggers)
+    extra: dict[str, Any] = {}
+    if wandb_logger is not None:  # W&B: train loss per epoch, and per step however short
+        callbacks.append(EpochLoss(wandb_logger))
+        every = cfg.logger.get("log_every_n_steps")
+        if every is not None:
+            if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+                raise ConfigError(
+                    f"logger.log_every_n_steps: {every!r}: expected an integer >= 1 (or null)"
+                )
+            extra["log_every_n_steps"] = every
     trainer: pl.Trainer = instantiate(
-        cfg.trainer, default_root_dir=str(run_dir), logger=loggers, callbacks=callbacks
+        cfg.trainer, default_root_dir=str(run_dir), logger=loggers, callbacks=callbacks, **extra
     )
     checkpoint = trainer.checkpoint_callback
     try:
@@ -237,6 +345,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         )
         metrics.update({k: float(v) for k, v in tested[0].items()})
         _write_metrics(run_dir, metrics)
+        if wandb_logger is not None:
+            _log_checkpoint(wandb_logger, metrics, record)
 
         # ---- end-of-training evaluation (weightspace.evaluation): `model` holds the weights
         # just tested; the results join the returned metrics under "evaluation".
@@ -244,7 +354,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if results is not None:
             metrics["evaluation"] = results
     finally:
-        if any(isinstance(lg, WandbLogger) for lg in loggers):
+        if wandb_logger is not None:
             import wandb
 
             wandb.finish()

@@ -3,7 +3,8 @@
 ``conf/train_autoencoder.yaml`` names :func:`evaluate_run` as its ``evaluator`` (by
 ``_target_``: the training stage does not import this later stage). It evaluates the trained
 model on the held-out members, writes the results into the run's ``evaluation/`` folder and
-logs them to the active W&B run; the training command prints ``results.summary(run_dir)``
+logs them to the active W&B run (:func:`~weightspace.evaluation.dashboard.log_evaluation`:
+headline scalars, tables, figures); the training command prints ``results.summary(run_dir)``
 (:func:`weightspace.evaluation.tables.summarize_evaluation`).
 """
 
@@ -14,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from weightspace.autoencoder.run import EVALUATION_DIR
-from weightspace.evaluation.audit import AuditOptions, curves
+from weightspace.evaluation.audit import AuditOptions
+from weightspace.evaluation.dashboard import log_evaluation
 from weightspace.evaluation.evaluate import evaluate_autoencoder
 from weightspace.evaluation.results import EvalResults
 
@@ -39,37 +41,5 @@ def evaluate_run(
         opts = AuditOptions.from_mapping(None if audit is True else audit)
     results = evaluate_autoencoder(model, datamodule, seed=seed, audit=opts)
     paths = results.save(Path(run_dir) / EVALUATION_DIR)
-    _log_wandb(results, paths.get("audit_figure"))
+    log_evaluation(results, paths, model, datamodule, seed)  # to the active W&B run, if any
     return results
-
-
-def _log_wandb(results: EvalResults, audit_figure: Path | None = None) -> None:
-    import wandb
-
-    if wandb.run is None:
-        return
-    rec = results["reconstruction"].reset_index(names="model")
-    wandb.log(
-        {
-            "eval/probes": wandb.Table(dataframe=results["probes"]),
-            "eval/comparisons": wandb.Table(dataframe=results["comparisons"]),
-            "eval/reconstruction": wandb.Table(dataframe=rec),
-        }
-    )
-    wandb.run.summary.update(
-        {
-            f"eval/generation/{k}": v
-            for k, v in results["generation"].items()
-            if isinstance(v, (int, float))
-        }
-    )
-    if results.audit_points is None:
-        return
-    table = wandb.Table(dataframe=curves(results.audit_points))
-    logs: dict[str, Any] = {"eval/audit_curves": table}
-    if audit_figure is not None:
-        logs["eval/audit"] = wandb.Image(str(audit_figure))
-    wandb.log(logs)
-    wandb.run.summary.update(
-        {f"eval/audit/{k}": v for k, v in results.audit.items() if isinstance(v, (int, float))}
-    )

@@ -24,7 +24,7 @@ from weightspace.cli import progress_bar
 from weightspace.config import fingerprint, to_dict
 from weightspace.errors import ConfigError
 from weightspace.nets.spec import MLPSpec
-from weightspace.tracking import wandb_run
+from weightspace.tracking import log_reference, wandb_run
 from weightspace.zoo.inr import SignalTask, assign_signals
 from weightspace.zoo.population import STATIC_KEYS, sample_population
 from weightspace.zoo.store import Zoo
@@ -312,11 +312,40 @@ def _quantiles(final: pd.DataFrame, col: str) -> dict[str, float]:
     return {k: float(qs[q]) for k, q in zip(names, (0.0, 0.25, 0.5, 0.75, 1.0))}
 
 
+def epoch_curves(zoo: Zoo) -> pd.DataFrame:
+    """Per checkpoint epoch, the quantiles (min, q25, median, q75, max) and mean of every
+    metric column over the members that did not diverge: one row per epoch, columns
+    ``epoch`` and ``<metric>/<quantile>``."""
+    m = zoo.metrics
+    ok = ~zoo.members["diverged"].to_numpy()[m["member_id"].to_numpy()]
+    m = m[ok]
+    cols = [c for c in ("train_loss", "test_loss", "train_acc", "test_acc", "psnr") if c in m]
+    qs = (0.0, 0.25, 0.5, 0.75, 1.0)
+    names = ("min", "q25", "median", "q75", "max")
+    rows = []
+    for epoch, g in m.groupby("epoch", sort=True):
+        row: dict[str, float] = {"epoch": int(epoch)}
+        for c in cols:
+            v = g[c].dropna()
+            if len(v):
+                row |= {f"{c}/{n}": float(q) for n, q in zip(names, v.quantile(qs))}
+                row[f"{c}/mean"] = float(v.mean())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def log_zoo_card(zoo: Zoo, cfg: DictConfig, summary: ZooSummary) -> None:
-    """A W&B run describing the zoo: config, member and metric tables, histograms."""
+    """A W&B run describing the zoo: config, member and metric tables, histograms, per-epoch
+    curves of the metrics' quantiles (``curves/<metric>/<quantile>`` against ``epoch``) and
+    the zoo folder as an artifact by reference (type ``zoo``)."""
     import wandb
 
     with wandb_run(cfg.logger, f"zoo-{cfg.zoo.name}", "zoo", to_dict(cfg)) as run:
+        run.define_metric("epoch")
+        run.define_metric("curves/*", step_metric="epoch")
+        for row in epoch_curves(zoo).to_dict(orient="records"):
+            epoch = int(row.pop("epoch"))
+            run.log({"epoch": epoch, **{f"curves/{k}": v for k, v in row.items()}})
         final = final_metrics(zoo)
         run.log(
             {
@@ -337,3 +366,5 @@ def log_zoo_card(zoo: Zoo, cfg: DictConfig, summary: ZooSummary) -> None:
                 **{f"zoo/test_acc_{k}": v for k, v in summary.final_test_acc.items()},
             }
         )
+        meta = {"n_members": summary.n_members, "widths": list(zoo.spec.widths)}
+        log_reference(run, zoo.root, f"zoo-{zoo.root.name}", "zoo", meta)
