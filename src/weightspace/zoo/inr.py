@@ -19,6 +19,11 @@ weights alone). The tasks (``task.name``):
     784 coordinates as for digits, intensity / 255, the 60,000 training images first, then
     the 10,000 test images.
 
+``task.fourier_features`` (m > 0) feeds the networks random Fourier features of the
+coordinates instead of the coordinates (Tancik et al., 2020: [sin(2 pi B v), cos(2 pi B v)],
+B (m, in) drawn from N(0, ``fourier_scale``^2) with the task's seed), the alternative to
+SIREN for ReLU networks: ``coords`` are then those 2m features, the networks' input.
+
 ``task.n_signals`` keeps the first n signals (default: all; for inr_mnist1d, how many to make,
 default 5000). Member ``i`` fits signal ``signal[i]``: the ``zoo.hparams.signal`` column when
 the config gives one (a value, a grid axis, a distribution), else ``member_id mod n_signals``,
@@ -40,7 +45,14 @@ from sklearn.datasets import load_digits
 from torch import Tensor
 
 from weightspace.errors import ConfigError
-from weightspace.zoo.sources import MAX_SEED, get_data_dir, get_int, mnist1d_arrays, read_idx_folder
+from weightspace.zoo.sources import (
+    MAX_SEED,
+    get_data_dir,
+    get_float,
+    get_int,
+    mnist1d_arrays,
+    read_idx_folder,
+)
 
 INR_TASKS = ("inr_digits", "inr_mnist1d", "inr_mnist", "inr_fashion_mnist")
 # Options of the classification tasks that mean nothing for a signal: refused, not ignored.
@@ -130,6 +142,12 @@ def load_signal_task(cfg: Mapping[str, Any]) -> SignalTask:
         raise ConfigError(
             f"task.n_signals: {n} out of range, task {name} holds {len(values)} signals"
         )
+    coords = fourier_features(
+        coords,
+        get_int(cfg, "fourier_features", 0, minimum=0),
+        get_float(cfg, "fourier_scale", 1.0),
+        seed,
+    )
     return SignalTask(
         name=name,
         coords=torch.from_numpy(np.ascontiguousarray(coords, dtype=np.float32)),
@@ -137,6 +155,18 @@ def load_signal_task(cfg: Mapping[str, Any]) -> SignalTask:
         classes=torch.from_numpy(np.asarray(labels[:n], dtype=np.int64)),
         n_classes=10,
     )
+
+
+def fourier_features(coords: np.ndarray, m: int, scale: float, seed: int) -> np.ndarray:
+    """(N, 2m) random Fourier features [sin(2 pi B v), cos(2 pi B v)] of ``coords`` (N, in),
+    B (m, in) ~ N(0, scale^2) from ``seed``; the coordinates themselves when ``m`` is 0."""
+    if m == 0:
+        return coords
+    if not (np.isfinite(scale) and scale > 0):
+        raise ConfigError(f"task.fourier_scale: {scale!r}: expected a finite number > 0")
+    b = np.random.default_rng([int(seed), 7]).normal(0.0, scale, size=(m, coords.shape[1]))
+    angles = 2 * np.pi * coords @ b.T  # (N, m)
+    return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
 
 
 def grid_coords(height: int, width: int) -> np.ndarray:
