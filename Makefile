@@ -14,7 +14,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $@
 
-demo: $(BIN)/.installed  ## the main job end to end on the embedded default data (~7 min on 2 cores, installs included)
+demo: $(BIN)/.installed  ## the main job end to end on the embedded default data (~5 min on 2 cores, installs included)
 	$(BIN)/python scripts/generate_zoo.py experiment=zoo/demo
 	$(BIN)/python scripts/canonicalize_zoo.py parent=$(CURDIR)/zoos/digits-demo transform.kind=merge_many
 	$(BIN)/python scripts/train_autoencoder.py experiment=autoencoder/demo trainer.enable_progress_bar=false
