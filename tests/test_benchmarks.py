@@ -1,0 +1,35 @@
+"""The benchmarks still run: each on the smallest inputs it takes, in a subprocess (slow).
+
+They are not run by the suite otherwise, so an API change can break one silently (the
+large-zoo benchmark once did); this checks that they start, measure and print their table.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("encoder", ["mlp", "graph"])
+def test_large_zoo_benchmark_streams_an_epoch(encoder, tmp_path):
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "bench_large_zoo.py"),
+            *("--sizes", "300", "--root", str(tmp_path), "--encoder", encoder),
+            *("--batch-size", "64"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "WANDB_MODE": "disabled"},
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    row = next(line for line in out.stdout.splitlines() if line.startswith("| 300 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "600" and float(cells[4]) > 0  # checkpoints, epoch seconds
