@@ -66,7 +66,7 @@ from weightspace.errors import ConfigError
 from weightspace.features import FeatureSpec
 from weightspace.nets.layout import unflatten_params
 from weightspace.nets.spec import MLPSpec, Params
-from weightspace.zoo.inr import SignalTask
+from weightspace.zoo.inr import SignalTask, network_inputs
 
 __all__ = ["WeightAutoencoder", "probe_inputs"]
 
@@ -231,15 +231,15 @@ class WeightAutoencoder(WeightReader, pl.LightningModule):
         spec = datamodule.spec
         task = datamodule.task  # zoos of one datamodule share widths
         use = FeatureUse.from_dict(hparams.get("features"))
-        if isinstance(task, SignalTask):  # INRs: probe on the coordinates every member fits
+        probe = probe_inputs(network_inputs(task), n_probe, probe_seed)  # INRs: coordinates
+        if isinstance(task, SignalTask):
             if use.spec.function:
                 raise ConfigError(
                     f"features.function: reads a loss on shared labels, but every member of "
                     f"the INR zoo ({task.name}) fits its own signal; set it to false"
                 )
-            probe, labels = probe_inputs(task.coords, n_probe, probe_seed), None
+            labels = None
         else:
-            probe = probe_inputs(task.x_train, n_probe, probe_seed)
             labels = probe_inputs(task.y_train, n_probe, probe_seed)
         if use.used:
             train = datamodule.dataset("train")

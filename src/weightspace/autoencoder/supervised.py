@@ -48,7 +48,7 @@ from weightspace.data.datamodule import WeightDataModule
 from weightspace.data.normalizer import LayerNormalizer
 from weightspace.errors import ConfigError
 from weightspace.nets.spec import MLPSpec
-from weightspace.zoo.inr import SignalTask
+from weightspace.zoo.inr import network_inputs
 
 __all__ = ["WeightPredictor"]
 
@@ -179,9 +179,7 @@ class WeightPredictor(WeightReader, pl.LightningModule):
                 raise ConfigError(f"target: '{target}' has < 2 finite values in the training split")
             hparams["target_mean"] = float(values.mean())
             hparams["target_std"] = float(max(values.std(), 1e-8))
-        task = datamodule.task  # INRs: probe on the coordinates every member fits
-        inputs = task.coords if isinstance(task, SignalTask) else task.x_train
-        probe = probe_inputs(inputs, n_probe, probe_seed)
+        probe = probe_inputs(network_inputs(datamodule.task), n_probe, probe_seed)
         return cls(
             widths=list(spec.widths),
             activations=datamodule.categories.get("activation", [spec.activation]),

@@ -157,6 +157,12 @@ def load_signal_task(cfg: Mapping[str, Any]) -> SignalTask:
     )
 
 
+def network_inputs(task: Any) -> Tensor:
+    """The inputs every member of a zoo of ``task`` reads: an INR task's coordinates (shared by
+    all members), else the task's training inputs (what probe inputs are drawn from)."""
+    return task.coords if isinstance(task, SignalTask) else task.x_train
+
+
 def fourier_features(coords: np.ndarray, m: int, scale: float, seed: int) -> np.ndarray:
     """(N, 2m) random Fourier features [sin(2 pi B v), cos(2 pi B v)] of ``coords`` (N, in),
     B (m, in) ~ N(0, scale^2) from ``seed``; the coordinates themselves when ``m`` is 0."""
