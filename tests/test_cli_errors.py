@@ -158,6 +158,8 @@ def test_defaults_presets_and_debug_fast_pass_validation(entry, tmp_path):
     extra = dict(PRESETS).get(entry, [])
     if entry == "train_autoencoder":
         extra += [f"encoder={e}" for e in _options("encoder")]
+        # documented in docs/results.md: the learned coordinates alone; several zoos
+        extra += ["model.features.input=false", "zoo=[a,b,c]"]
     for option in [None, "debug=fast", *extra]:
         overrides = [*base.get(entry, []), *([option] if option else [])]
         validate(_compose(entry, tmp_path, *overrides), entry)

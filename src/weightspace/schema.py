@@ -254,7 +254,7 @@ TRAIN_AUTOENCODER: dict[str, Check] = {
     "model.temperature": number(0, lo_open=True),
     "model.projection_dim": integer(1),
     "model.functional_kind": choice("mse", "kl"),
-    "model.features.input": NULL | choice("add", "concat"),
+    "model.features.input": NULL | BOOL | choice("add", "concat"),  # false: null, true: add
     "model.features.weight": number(0),
     "model.features.spectrum": BOOL,
     "model.features.products": BOOL,
