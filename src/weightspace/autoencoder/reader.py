@@ -39,7 +39,7 @@ from weightspace.nets.forward import forward, forward_groups
 from weightspace.nets.layout import flatten_params, tokens_to_params, unflatten_params
 from weightspace.nets.spec import MLPSpec, Params
 
-__all__ = ["SCHEDULERS", "WeightReader"]
+__all__ = ["SCHEDULERS", "WeightReader", "adamw_cosine"]
 
 SCHEDULERS = (None, "cosine")
 
@@ -133,32 +133,41 @@ class WeightReader:
 
     def configure_optimizers(self) -> Any:
         """AdamW (no decay on biases and norm gains), then the cosine schedule if asked."""
-        assert isinstance(self, nn.Module)
         hp = self.hparams
-        # Biases and norm gains (1-d) are not decayed: pulling them to 0 only hurts.
-        decay = [p for p in self.parameters() if p.dim() >= 2 and p.requires_grad]
-        rest = [p for p in self.parameters() if p.dim() < 2 and p.requires_grad]
-        opt = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": hp.weight_decay},
-                {"params": rest, "weight_decay": 0.0},
-            ],
-            lr=hp.lr,
+        total = math.inf if hp.scheduler is None else self.trainer.estimated_stepping_batches
+        return adamw_cosine(self, hp.lr, hp.weight_decay, hp.scheduler, hp.warmup_steps, total)
+
+
+def adamw_cosine(
+    module: nn.Module,
+    lr: float,
+    weight_decay: float,
+    scheduler: str | None,
+    warmup_steps: int,
+    total_steps: float,
+) -> Any:
+    """AdamW over ``module``'s parameters (no decay on biases and norm gains: pulling them to
+    0 only hurts), then, with ``scheduler="cosine"``, a per-step linear warmup and cosine decay
+    to 0 at ``total_steps``."""
+    decay = [p for p in module.parameters() if p.dim() >= 2 and p.requires_grad]
+    rest = [p for p in module.parameters() if p.dim() < 2 and p.requires_grad]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}],
+        lr=lr,
+    )
+    if scheduler is None:
+        return opt
+    if not math.isfinite(total_steps):
+        raise ConfigError(
+            "scheduler=cosine: needs a finite trainer.max_epochs or trainer.max_steps"
         )
-        if hp.scheduler is None:
-            return opt
-        total = self.trainer.estimated_stepping_batches
-        if not math.isfinite(total):
-            raise ConfigError(
-                "scheduler=cosine: needs a finite trainer.max_epochs or trainer.max_steps"
-            )
-        warmup = int(hp.warmup_steps)
+    warmup = int(warmup_steps)
 
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = (step - warmup) / max(1, total - warmup)
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
