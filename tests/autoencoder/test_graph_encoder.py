@@ -47,19 +47,19 @@ def encoder(spec: MLPSpec, **options) -> GraphEncoder:
     return GraphEncoder(spec, 5, **{**SMALL, **options}).eval()
 
 
-def permuted(spec: MLPSpec, params: Params, seed: int = 1) -> Params:
-    """Every hidden layer's units permuted at random, per network."""
+def permuted(spec: MLPSpec, params: Params, seed: int = 1, n: int = N) -> Params:
+    """Every hidden layer's units permuted at random, per network (``n`` of them)."""
     ps = mlp_permutation_spec(spec)
-    perms = random_permutations(ps, N, torch.Generator().manual_seed(seed))
+    perms = random_permutations(ps, n, torch.Generator().manual_seed(seed))
     return apply_permutation(ps, perms, params)
 
 
-def rescaled(spec: MLPSpec, params: Params, signs: bool, seed: int = 2) -> Params:
+def rescaled(spec: MLPSpec, params: Params, signs: bool, seed: int = 2, n: int = N) -> Params:
     """Every hidden unit multiplied by a random factor: +-1 (``signs``) or in (e^-2, e^2)."""
     gen = torch.Generator().manual_seed(seed)
     factors = {}
-    for name, n in mlp_permutation_spec(spec).sizes.items():
-        u = torch.rand(N, n, generator=gen)
+    for name, size in mlp_permutation_spec(spec).sizes.items():
+        u = torch.rand(n, size, generator=gen)
         factors[name] = torch.where(u < 0.5, -1.0, 1.0) if signs else torch.exp(4 * u - 2)
     return rescale_units(params, spec, factors)
 

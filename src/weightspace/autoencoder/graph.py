@@ -18,9 +18,11 @@ encoder's and a training step about 3x (``benchmarks/bench_encoders.py``).
 
 **Several architectures.** The message passing reads the shapes of the tensors it gets, and
 every learned function is shared by all layers (nodes tell layers apart by their layer
-embedding), so it takes networks of any width and depth. The embeddings (input and output
-indices, layers) and the readout (a slot per hidden layer) are sized by the spec: a model
-that reads zoos of several architectures at once changes only those.
+embedding), so it takes networks of any width and depth. Only the readout ``layers`` (a slot
+per hidden layer) is sized by the spec's depth; ``readout="pooled"`` (first, last and mean
+hidden layer; first, last and mean layer of edges) reads any depth up to the spec's, any
+hidden widths, and the spec's input and output widths: one encoder for a zoo mixing
+architectures (:mod:`~weightspace.autoencoder.mixed`), each call one architecture.
 
 **Symmetry.**
 
@@ -57,7 +59,7 @@ from torch import Tensor, nn
 from weightspace.autoencoder.blocks import mlp_layers
 from weightspace.autoencoder.entry_norm import make_standardizer
 from weightspace.errors import ConfigError
-from weightspace.nets.spec import MLPSpec, Params, layers
+from weightspace.nets.spec import MLPSpec, Params, bias_name, layers, weight_name
 from weightspace.symmetry import (
     HOMOGENEOUS_ACTIVATIONS,
     ODD_ACTIVATIONS,
@@ -67,6 +69,7 @@ from weightspace.symmetry import (
 __all__ = ["GraphEncoder", "MessagePassing"]
 
 SYMMETRIES = ("auto", "permutation")
+READOUTS = ("layers", "pooled")
 INPUT, HIDDEN, OUTPUT = 0, 1, 2  # node types
 
 
@@ -172,9 +175,11 @@ class GraphEncoder(nn.Module):
             mean and std over the training members after canonicalizing
             (:mod:`~weightspace.autoencoder.entry_norm`; for zoos of one shared init: it fixes
             a frame, so per-member permutation invariance is given up).
-
-    Readout, invariant to hidden permutations: the mean node of each hidden layer, the output
-    nodes in order, the mean input node and the mean edge of each layer, then an MLP.
+        readout: ``layers``: the mean node of each hidden layer, the output nodes in order, the
+            mean input node and the mean edge of each layer, then an MLP; ``pooled``: the
+            first, last and mean over hidden layers of those layer means (and of the edges'),
+            so one encoder reads networks of any depth up to ``spec``'s and any hidden widths.
+            Both are invariant to hidden permutations.
     """
 
     reads_params = True
@@ -192,8 +197,16 @@ class GraphEncoder(nn.Module):
         readout_hidden: int = 256,
         symmetry: str = "auto",
         center: str | None = None,
+        readout: str = "layers",
     ):
         super().__init__()
+        if readout not in READOUTS:
+            raise ConfigError(f"encoder.readout: '{readout}' (choose layers or pooled)")
+        if readout == "pooled" and center is not None:
+            raise ConfigError(
+                "encoder.center: entry standardizes the entries of one architecture; "
+                "readout=pooled reads several: set encoder.center=null"
+            )
         if symmetry not in SYMMETRIES:
             raise ConfigError(f"encoder.symmetry: '{symmetry}' (choose auto or permutation)")
         acts = list(dict.fromkeys(activations or [spec.activation]))
@@ -205,6 +218,7 @@ class GraphEncoder(nn.Module):
                 "zoo, or encoder.symmetry=permutation (invariant to permutations only)"
             )
         self.spec = spec
+        self.readout = readout
         self.scale, self.sign = kinds.pop() if symmetry == "auto" else (False, False)
         self.canon_spec = replace(spec, activation=acts[0])  # one symmetry kind: acts[0]'s
         self.standardize = make_standardizer(center, spec.layer_shapes(), spec.bias)
@@ -222,15 +236,51 @@ class GraphEncoder(nn.Module):
             for k in range(n_layers)
         )
         self.norm = nn.LayerNorm(d)
-        width = d * (spec.n_layers - 1) + d * spec.widths[-1] + d + c * spec.n_layers
+        if readout == "layers":
+            width = d * (spec.n_layers - 1) + d * spec.widths[-1] + d + c * spec.n_layers
+        else:
+            width = 3 * d + d * spec.widths[-1] + d + 3 * c
         self.head = mlp_layers([width, readout_hidden, latent_dim], "gelu", 0.0, True)
+
+    def spec_of(self, params: Params) -> MLPSpec:
+        """The architecture of ``params`` (``{name: (N, *shape)}``), checked against what this
+        encoder reads: its spec's, or with ``readout=pooled`` any hidden widths and a depth up
+        to its spec's (same input and output widths, bias)."""
+        n_layers = sum(1 for k in params if k.endswith(".weight"))
+        widths = tuple(
+            [params[weight_name(0)].shape[-1]]
+            + [params[weight_name(l)].shape[-2] for l in range(n_layers)]
+        )
+        spec = replace(self.spec, widths=widths)
+        ok = spec == self.spec or (
+            self.readout == "pooled"
+            and 1 <= n_layers <= self.spec.n_layers
+            and widths[0] == self.spec.widths[0]
+            and widths[-1] == self.spec.widths[-1]
+            and (bias_name(0) in params) == self.spec.bias
+        )
+        if not ok:
+            raise ConfigError(
+                f"encoder: reads {'-'.join(map(str, self.spec.widths))} networks"
+                + (
+                    " (pooled: any hidden widths, depth <= its own)"
+                    if self.readout == "pooled"
+                    else ""
+                )
+                + f", got {'-'.join(map(str, widths))}"
+                + ("" if self.readout == "pooled" else "; encoder.readout=pooled reads several")
+            )
+        return spec
 
     def canonical(self, params: Params) -> list[tuple[Tensor, Tensor | None]]:
         """Per layer ``(W (N, out, in), b (N, out) or None)``: the canonical representative
         of each network's scale / sign orbit (as the zoo's activations allow), detached."""
+        spec = self.spec_of(params)
         p = {k: v.detach() for k, v in params.items()}
-        p = canonical_unit_frame(p, self.canon_spec, self.scale, self.sign)
-        return list(layers(p, self.spec))
+        p = canonical_unit_frame(
+            p, replace(spec, activation=self.canon_spec.activation), self.scale, self.sign
+        )
+        return list(layers(p, spec))
 
     def graph(self, wb: list[tuple[Tensor, Tensor | None]]) -> tuple[Tensor, list[Tensor]]:
         """Initial node features ``(N, T, d)`` (every layer's neurons, the inputs first) and
@@ -265,7 +315,15 @@ class GraphEncoder(nn.Module):
         for step in self.steps:
             h, e = step(h, e, offsets)
         h = self.norm(h)
-        pooled = [h[:, a:b].mean(1) for a, b in zip(offsets[1:-2], offsets[2:-1])]  # hidden
-        pooled += [h[:, offsets[-2] :].flatten(1), h[:, : offsets[1]].mean(1)]  # out, in
-        pooled += [el.mean((2, 3)).t() for el in e]  # each layer's edges: (N, c)
-        return self.head(torch.cat(pooled, -1))
+        hidden = [h[:, a:b].mean(1) for a, b in zip(offsets[1:-2], offsets[2:-1])]  # (N, d) each
+        edges = [el.mean((2, 3)).t() for el in e]  # each layer's edges: (N, c)
+        if self.readout == "pooled":  # any depth: first, last, mean
+            hidden = _first_last_mean(hidden) if hidden else [h.new_zeros(len(h), 3 * h.shape[-1])]
+            edges = _first_last_mean(edges)
+        pooled = [*hidden, h[:, offsets[-2] :].flatten(1), h[:, : offsets[1]].mean(1)]  # +out, in
+        return self.head(torch.cat(pooled + edges, -1))
+
+
+def _first_last_mean(xs: list[Tensor]) -> list[Tensor]:
+    """``[xs[0], xs[-1], mean(xs)]``: a fixed width for any number of layers."""
+    return [xs[0], xs[-1], torch.stack(xs).mean(0)]
