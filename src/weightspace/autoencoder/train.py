@@ -34,10 +34,12 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
+from weightspace.autoencoder.mixed import MixedAutoencoder
 from weightspace.autoencoder.module import WeightAutoencoder
 from weightspace.autoencoder.run import CONFIG_FILE, RUN_FILE
 from weightspace.config import CONF_DIR, to_dict
 from weightspace.data.datamodule import WeightDataModule
+from weightspace.data.mixed import MixedDataModule
 from weightspace.errors import ConfigError, ZooError
 from weightspace.tracking import (
     FITTED,
@@ -59,12 +61,26 @@ CONFIG_NAME = "train_autoencoder"
 def resolve_zoo(cfg: DictConfig) -> Path:
     """The zoo to read: ``cfg.zoo`` (a folder, or a zoo name under ``paths.zoo_dir``), or its
     derived zoo when ``canon.derived`` names one."""
+    zoos = resolve_zoos(cfg)
+    if len(zoos) > 1:
+        raise ConfigError(f"zoo: one zoo expected here, got {len(zoos)}")
+    return zoos[0]
+
+
+def resolve_zoos(cfg: DictConfig) -> list[Path]:
+    """Every zoo ``cfg.zoo`` names (one, or a list: ``zoo='[a,b,c]'``), each as
+    :func:`resolve_zoo` resolves one."""
     try:
         zoo = cfg.zoo
     except MissingMandatoryValue:
         zoo = None
     if not zoo:
         raise ConfigError("zoo: required, a zoo folder or a name under paths.zoo_dir")
+    names = list(zoo) if OmegaConf.is_list(zoo) or isinstance(zoo, list | tuple) else [zoo]
+    return [_resolve_one(cfg, str(z)) for z in names]
+
+
+def _resolve_one(cfg: DictConfig, zoo: str) -> Path:
     parent = resolve_zoo_folder(zoo, cfg.paths.zoo_dir, "zoo")
     derived = cfg.canon.get("derived")
     if not derived:
@@ -118,13 +134,13 @@ def claim_run_dir(run_dir: Path, fresh: bool) -> Path:
     raise ConfigError(f"run_dir: {run_dir} and 999 numbered siblings are taken by other runs")
 
 
-def _run_record(run_dir: Path, zoo: Path) -> dict[str, Any]:
+def _run_record(run_dir: Path, zoo: Path | list[str]) -> dict[str, Any]:
     """The run's record: read back when resuming (same W&B id), else a new one."""
     path = run_dir / RUN_FILE
     text = path.read_text() if path.exists() else ""
     if text.strip():
         return json.loads(text)
-    return {"zoo": str(zoo), "wandb_id": uuid.uuid4().hex[:12]}
+    return {"zoo": zoo if isinstance(zoo, list) else str(zoo), "wandb_id": uuid.uuid4().hex[:12]}
 
 
 @rank_zero_only
@@ -286,7 +302,39 @@ def _evaluate(
     if not cfg.get("evaluate", False) or not rank_zero_only.rank == 0:
         return None
     evaluator = instantiate(cfg.evaluator)
+    if isinstance(model, MixedAutoencoder):  # each architecture's head on its members
+        return {
+            name: evaluator(model=head, datamodule=part, run_dir=run_dir / name, seed=int(cfg.seed))
+            for name, head, part in zip(model.names, model.heads, datamodule.parts)
+        }
     return evaluator(model=model, datamodule=datamodule, run_dir=run_dir, seed=int(cfg.seed))
+
+
+def build(cfg: DictConfig, zoos: list[Path]) -> tuple[Any, Any]:
+    """The datamodule and model for ``zoos``: ``cfg.data`` and ``cfg.model`` as configured;
+    zoos of several architectures: a :class:`~weightspace.data.mixed.MixedDataModule` with the
+    same options and a :class:`~weightspace.autoencoder.mixed.MixedAutoencoder` (one encoder,
+    a head per architecture)."""
+    seed = int(cfg.seed)
+    if len(zoos) > 1:
+        options = to_dict(cfg.data)
+        options.pop("_target_", None)
+        mixed = MixedDataModule([str(z) for z in zoos], **options)
+        mixed.setup()
+        if len(mixed.parts) > 1:
+            model_cfg = to_dict(cfg.model)
+            target = model_cfg.pop("_target_", "")
+            if not target.startswith("weightspace.autoencoder.module.WeightAutoencoder"):
+                raise ConfigError(
+                    f"model: {target} reads one architecture; zoos of several "
+                    f"({', '.join(mixed.names)}) train the autoencoder only"
+                )
+            for key in ("_partial_", "_recursive_"):
+                model_cfg.pop(key, None)
+            return mixed, MixedAutoencoder.from_datamodule(mixed, probe_seed=seed, **model_cfg)
+    paths = str(zoos[0]) if len(zoos) == 1 else [str(z) for z in zoos]
+    datamodule: WeightDataModule = instantiate(cfg.data, zoo_paths=paths, _convert_="all")
+    return datamodule, instantiate(cfg.model, _convert_="all")(datamodule, probe_seed=seed)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -296,7 +344,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     the best checkpoint on the held-out members), ``global_step``, and the paths
     ``run_dir``, ``best_checkpoint`` and ``last_checkpoint``.
     """
-    zoo = resolve_zoo(cfg)
+    zoos = resolve_zoos(cfg)
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path and not Path(ckpt_path).is_file():
         raise ConfigError(f"ckpt_path: {ckpt_path} is not a file")
@@ -304,8 +352,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         torch.set_num_threads(int(cfg.num_threads))
     pl.seed_everything(int(cfg.seed), workers=True)
 
-    datamodule: WeightDataModule = instantiate(cfg.data, zoo_paths=str(zoo), _convert_="all")
-    model = instantiate(cfg.model, _convert_="all")(datamodule, probe_seed=int(cfg.seed))
+    datamodule, model = build(cfg, zoos)
+    zoo = zoos[0] if len(zoos) == 1 else [str(z) for z in zoos]
 
     run_dir = resolve_run_dir(cfg)
     run_dir = claim_run_dir(run_dir, fresh=not (ckpt_path or cfg.get("run_dir")))
