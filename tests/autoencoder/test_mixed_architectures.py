@@ -194,7 +194,8 @@ def test_what_a_mixed_model_cannot_read_stops_before_training(mixed):
     with pytest.raises(
         ConfigError,
         match=r"^encoder: mlp reads one architecture; zoos of "
-        r"several \(64-16-10, 64-12-8-10, 64-8-8-8-10\) need encoder=graph",
+        r"several \(64-16-10, 64-12-8-10, 64-8-8-8-10\) need encoder=graph "
+        r"\(zoo: digits, digits, digits\)$",
     ):
         MixedAutoencoder.from_datamodule(mixed, n_probe=8)
     with pytest.raises(ConfigError, match=r"^model.features.input: concat: .* set it to false"):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -101,12 +102,23 @@ class MixedAutoencoder(pl.LightningModule):
             WeightAutoencoder.from_datamodule(part, n_probe, probe_seed, **hparams)
             for part in datamodule.parts
         ]
-        model = cls([dict(m.hparams) for m in built], datamodule.names)
+        try:
+            model = cls([dict(m.hparams) for m in built], datamodule.names)
+        except ConfigError as e:  # name the zoos too
+            zoos = ", ".join(Path(p).name for p in datamodule.zoo_paths)
+            raise ConfigError(f"{e} (zoo: {zoos})") from e
         for head, m in zip(model.heads, built):  # the probe inputs (and labels) are buffers
             head.probe_inputs.copy_(m.probe_inputs)
             if hasattr(m, "probe_targets"):
                 head.probe_targets.copy_(m.probe_targets)
         return model
+
+    def setup(self, stage: str) -> None:
+        if self.trainer is not None and self.trainer.world_size > 1:
+            raise ConfigError(
+                f"trainer: zoos of several architectures ({', '.join(self.names)}) train in one "
+                "process (their loader does not shard batches across devices); use trainer=default"
+            )
 
     @property
     def monitor(self) -> str:
