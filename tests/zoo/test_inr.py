@@ -156,6 +156,13 @@ def test_siren_init_stores_effective_weights():
     assert with_bias["layers.2.bias"].abs().max() <= 1 / 8  # the last layer: unscaled
     assert sample_population({"init": "siren"}, 2)["w0"].tolist() == [30.0, 30.0]
     assert "w0" not in sample_population({}, 2)  # other zoos' tables are as they were
+    # siren_hidden: the hidden-layer rule at the first layer too (low first-layer frequencies)
+    hidden = init_member(spec, {**hp, "init": "siren_hidden", "bias_init": "zeros", "w0": 20.0})
+    w = hidden["layers.0.weight"]
+    assert math.sqrt(6 / 2) * 0.9 < w.abs().max() <= math.sqrt(6 / 2)  # not 20 / 2
+    for l in (1, 2):  # the other layers as siren's, draw for draw
+        assert torch.equal(hidden[f"layers.{l}.weight"], p[f"layers.{l}.weight"]), l
+    assert sample_population({"init": "siren_hidden"}, 2)["w0"].tolist() == [30.0, 30.0]
 
 
 # --------------------------------------------------------------------------- generate

@@ -22,6 +22,11 @@ Schemes (all multiplied by ``init_scale``):
   layer keeps ``U(-sqrt(6/in)/w0, sqrt(6/in)/w0)``. Biases follow ``bias_init`` (SIREN's
   code: ``uniform``), times ``w0`` before a sine. (Adam on the effective weights reaches the
   INR zoos' PSNR targets, so training needs no SIREN parametrization of its own.)
+- ``siren_hidden``: ``siren`` with the hidden-layer rule at the first layer too, stored ``W'``
+  ``U(-sqrt(6/in), sqrt(6/in))`` (with ``in = 2`` coordinates: frequencies below 1.8 instead
+  of up to ``w0/in = 15``). How the field's INR datasets were made (DWSNets' INR class leaves
+  SIREN's first-layer rule unused; zero biases): the init is a smooth, low-frequency function,
+  so fitting an image moves the weights far from their start and they carry the image.
 
 Biases: ``zeros``, ``normal`` (N(0, init_std^2) * scale), ``uniform`` (PyTorch's default),
 ``constant`` (``init_value`` * scale).
@@ -36,7 +41,17 @@ import torch
 
 from weightspace.nets.spec import MLPSpec, Params, bias_name, weight_name
 
-INIT_SCHEMES = ("normal", "uniform", "xavier", "kaiming", "orthogonal", "constant", "siren")
+INIT_SCHEMES = (
+    "normal",
+    "uniform",
+    "xavier",
+    "kaiming",
+    "orthogonal",
+    "constant",
+    "siren",
+    "siren_hidden",
+)
+SIREN_SCHEMES = ("siren", "siren_hidden")
 DEFAULT_W0 = 30.0  # SIREN's first-layer frequency
 BIAS_INITS = ("zeros", "normal", "uniform", "constant")
 
@@ -70,9 +85,10 @@ def _bias(kind: str, out: int, inp: int, std: float, value: float, gen: torch.Ge
     raise ValueError(f"unknown bias init {kind!r}")
 
 
-def _siren_weight(layer: int, out: int, inp: int, w0: float, gen: torch.Generator):
-    """A weight in SIREN's parametrization (multiply by w0 for the effective one)."""
-    bound = 1.0 / inp if layer == 0 else math.sqrt(6.0 / inp) / w0
+def _siren_weight(first: bool, out: int, inp: int, w0: float, gen: torch.Generator):
+    """A weight in SIREN's parametrization (multiply by w0 for the effective one); ``first``:
+    SIREN's first-layer rule."""
+    bound = 1.0 / inp if first else math.sqrt(6.0 / inp) / w0
     return (torch.rand(out, inp, generator=gen) * 2 - 1) * bound
 
 
@@ -81,14 +97,15 @@ def init_member(spec: MLPSpec, hp: pd.Series | dict) -> Params:
     gen = torch.Generator().manual_seed(int(hp["seed"]))
     scale = float(hp["init_scale"])
     std, value = float(hp["init_std"]), float(hp["init_value"])
-    siren = hp["init"] == "siren"
+    siren = hp["init"] in SIREN_SCHEMES
     w0 = float(hp.get("w0", DEFAULT_W0)) if siren else 1.0
     params: Params = {}
     for l, (o, i) in enumerate(spec.layer_shapes()):
         # SIREN: w0 moves into the effective weights of the layers a sine follows.
         f = w0 * scale if l < spec.n_layers - 1 else scale
         if siren:
-            params[weight_name(l)] = _siren_weight(l, o, i, w0, gen) * f
+            first = l == 0 and hp["init"] == "siren"
+            params[weight_name(l)] = _siren_weight(first, o, i, w0, gen) * f
         else:
             params[weight_name(l)] = _weight(hp["init"], o, i, std, value, gen) * scale
         if spec.bias:

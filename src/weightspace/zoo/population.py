@@ -26,7 +26,7 @@ import pandas as pd
 
 from weightspace.errors import ConfigError
 from weightspace.nets.spec import ACTIVATIONS
-from weightspace.zoo.init import BIAS_INITS, DEFAULT_W0, INIT_SCHEMES
+from weightspace.zoo.init import BIAS_INITS, DEFAULT_W0, INIT_SCHEMES, SIREN_SCHEMES
 
 OPTIMIZERS = ("sgd", "adam")
 DATA_ORDERS = ("shared", "per_member")
@@ -133,7 +133,7 @@ def sample_population(
             columns[k] = [v] * len(ids)
 
     df = pd.DataFrame(columns)
-    if "w0" not in df and (df["init"] == "siren").any():
+    if "w0" not in df and df["init"].isin(SIREN_SCHEMES).any():
         df["w0"] = OPTIONAL_HPARAMS["w0"]
     if df["seed"].isna().any():
         auto = int(seed) * 1_000_000 + df["member_id"]
