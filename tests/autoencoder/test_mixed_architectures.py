@@ -231,3 +231,39 @@ def test_entry_point_trains_three_architectures_in_one_model(zoo_paths, tmp_path
     with pytest.raises(ConfigError, match=r"^encoder: mlp reads one architecture"):
         train(config("run2"))
     assert not (tmp_path / "run2").exists()
+
+
+def test_a_mixed_run_is_read_per_architecture_and_compared_with_a_run_of_one(zoo_paths, tmp_path):
+    """load_run(RUN, arch=...) rebuilds one architecture's head and members; compare_latents
+    probes it against a run trained on that zoo alone, on the same held-out members."""
+    from weightspace.autoencoder.run import load_run
+    from weightspace.evaluation.paired import compare_latents, main
+
+    base = [
+        f"paths.root_dir={tmp_path}",
+        *SMALL_OVERRIDES,
+        "encoder=graph",
+        *(f"model.encoder.{k}={v}" for k, v in SMALL.items()),
+        "model.decoder.hidden=[32]",
+        "model.latent_dim=6",
+        "trainer.max_epochs=2",
+    ]
+    runs = {"mixed": f"zoo=[{','.join(zoo_paths)}]", "one": f"zoo={zoo_paths[1]}"}
+    for name, zoo in runs.items():
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            train(compose(CONFIG_NAME, overrides=[*base, zoo, f"run_dir={tmp_path / name}"]))
+    with pytest.raises(ConfigError, match=r"^arch: None: run .* choose one of 64-16-10, "):
+        load_run(tmp_path / "mixed")
+    head = load_run(tmp_path / "mixed", arch="64-12-8-10")
+    one = load_run(tmp_path / "one")
+    assert head.model.spec == one.model.spec and head.datamodule.splits == one.datamodule.splits
+    assert torch.equal(head.model.weight_mean, one.model.weight_mean)  # same training split
+    # The same model against itself: every difference exactly 0, tied.
+    _, same = compare_latents({"a": one.model, "b": one.model}, one.datamodule)
+    assert len(same) and (same["difference"] == 0).all() and (same["verdict"] == "tied").all()
+    # The entry point: the mixed run's head of the other run's architecture, found by itself.
+    out = tmp_path / "cmp"
+    table = main([str(tmp_path / "mixed"), str(tmp_path / "one"), "--out", str(out)])
+    assert set(table["representation"]) == {"A: mixed"} and set(table["baseline"]) == {"B: one"}
+    assert {"test_acc", "epoch"} <= set(table["target"])
+    assert (out / "comparisons.csv").is_file() and (out / "probes.csv").is_file()

@@ -232,8 +232,13 @@ def _no_target(value: Any, key: str) -> None:
             _no_target(v, f"{key}.{k}")
 
 
-def load_run(run_dir: str | Path, checkpoint: str = "best") -> Run:
+def load_run(run_dir: str | Path, checkpoint: str = "best", arch: str | None = None) -> Run:
     """Rebuild an autoencoder run's model and datamodule (see the module docs).
+
+    A run over zoos of several architectures (``zoo='[a,b,c]'``,
+    :class:`~weightspace.autoencoder.mixed.MixedAutoencoder`) is rebuilt for one of them,
+    ``arch`` (a name like ``64-32-32-10``): the model is that architecture's head (the shared
+    encoder and its own decoder), the datamodule its part of the zoos.
 
     Raises :class:`ConfigError` when ``run_dir`` is not a run folder, its ``config.yaml``
     names anything but this package's datamodule and functions, or its checkpoint does not
@@ -252,18 +257,23 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> Run:
     try:
         record = json.loads((path / RUN_FILE).read_text())
         config = upgrade_config(OmegaConf.load(path / CONFIG_FILE))  # old _target_ paths
-        zoo = Path(record["zoo"])
+        mixed = isinstance(record["zoo"], list)  # several architectures: one per arch
+        zoo = Path(record["zoo"][0] if mixed else record["zoo"])
         data_cfg = config.data
     except Exception as e:  # unreadable JSON / YAML, or fields missing
         raise ConfigError(f"autoencoder: {path}: unreadable run files ({e})") from e
     # Checked before anything else is read: the run's data config, as plain values.
     options = datamodule_options(data_cfg, path / CONFIG_FILE)
+    if mixed:
+        return _load_mixed(path, config, record, options, checkpoint_of(path, checkpoint), arch)
     if not (zoo / MANIFEST).is_file():
         raise ZooError(
             f"autoencoder: the zoo of run {path} is gone: {zoo} (no {MANIFEST}); regenerate it "
             "with the commands that made it, or train a new run"
         )
     ckpt = checkpoint_of(path, checkpoint)
+    if arch is not None:
+        raise ConfigError(f"arch: {arch}: run {path} read one architecture; drop arch")
     try:
         model = WeightAutoencoder.load_from_checkpoint(str(ckpt), map_location="cpu")
     except Exception as e:  # a truncated or foreign file
@@ -283,6 +293,41 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> Run:
             f"{ckpt} was trained on {list(model.spec.widths)}"
         )
     return Run(path, config, record, zoo, ckpt, model, datamodule)
+
+
+def _load_mixed(
+    path: Path,
+    config: DictConfig,
+    record: dict[str, Any],
+    options: dict[str, Any],
+    ckpt: Path,
+    arch: str | None,
+) -> Run:
+    """One architecture of a run over several (see :func:`load_run`)."""
+    from weightspace.autoencoder.mixed import MixedAutoencoder
+    from weightspace.data.mixed import MixedDataModule
+
+    zoos = [Path(z) for z in record["zoo"]]
+    for zoo in zoos:
+        if not (zoo / MANIFEST).is_file():
+            raise ZooError(f"autoencoder: a zoo of run {path} is gone: {zoo} (no {MANIFEST})")
+    try:
+        mixed = MixedAutoencoder.load_from_checkpoint(str(ckpt), map_location="cpu")
+    except Exception as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"autoencoder: cannot load checkpoint {ckpt} ({msg})") from e
+    if arch not in mixed.names:
+        raise ConfigError(
+            f"arch: {arch}: run {path} reads several architectures, choose one of "
+            f"{', '.join(mixed.names)}"
+        )
+    k = mixed.names.index(arch)
+    head = mixed.heads[k].eval()
+    datamodule = MixedDataModule([str(z) for z in zoos], **{**options, "cache": False})
+    datamodule.setup()
+    part = datamodule.parts[k]
+    part.load_state_dict({"normalizer": head.hparams.get("normalizer")})  # the model's own
+    return Run(path, config, record, Path(part.zoo_paths[0]), ckpt, head, part)
 
 
 # --------------------------------------------------------------------------- encoding
