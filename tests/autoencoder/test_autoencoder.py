@@ -535,6 +535,17 @@ def test_resume_continues_the_run(api_zoo_path, tmp_path):
     assert (run / "csv" / "version_1" / "metrics.csv").is_file()
 
 
+def test_last_checkpoint_is_the_last_epoch_not_the_best(api_zoo_path, tmp_path):
+    """last.ckpt (what a resume starts from) holds the last epoch even when an earlier epoch
+    stays the best: at lr 1e-30 nothing moves, val/recon never improves after epoch 0."""
+    m = train(ae_cfg(tmp_path, api_zoo_path, "trainer.max_epochs=3", "model.lr=1e-30"))
+    last = torch.load(m["last_checkpoint"], map_location="cpu", weights_only=False)
+    best = torch.load(m["best_checkpoint"], map_location="cpu", weights_only=False)
+    assert Path(m["last_checkpoint"]).name == "last.ckpt"
+    assert (best["epoch"], last["epoch"]) == (0, 2)
+    assert last["global_step"] == m["global_step"] > best["global_step"]
+
+
 @pytest.mark.slow
 def test_resume_continues_the_wandb_run(api_zoo_path, tmp_path):
     common = ("logger=wandb", "logger.mode=offline", "trainer.max_epochs=1")

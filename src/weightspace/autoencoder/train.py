@@ -278,18 +278,30 @@ def _log_checkpoint(logger: WandbLogger, metrics: dict[str, Any], record: dict[s
 
 
 def build_callbacks(run_dir: Path, monitor: str = "val/recon") -> list[Callback]:
-    """The last checkpoint (for resuming) and the best one (lowest ``monitor``)."""
-    return [
-        ModelCheckpoint(
-            dirpath=run_dir / "checkpoints",
-            filename="best-{epoch:03d}-{step}",
-            monitor=monitor,
-            mode="min",
-            save_top_k=1,
-            save_last=True,
-            auto_insert_metric_name=False,
-        )
-    ]
+    """The best checkpoint (lowest ``monitor``: ``best-*.ckpt``) and the last one
+    (``last.ckpt``, rewritten every epoch: what a resume starts from).
+
+    Two callbacks, not ``save_last=True``: since Lightning 2.6 that rewrites ``last.ckpt`` only
+    when a new best is saved, so it held the best epoch and a resume went back to it."""
+    folder = run_dir / "checkpoints"
+    best = ModelCheckpoint(
+        dirpath=folder,
+        filename="best-{epoch:03d}-{step}",
+        monitor=monitor,
+        mode="min",
+        save_top_k=1,
+        auto_insert_metric_name=False,
+    )
+    # No monitor, top 1: a checkpoint at every save, always the same file.
+    last = ModelCheckpoint(dirpath=folder, filename="last", enable_version_counter=False)
+    return [best, last]
+
+
+def _last_checkpoint(callbacks: list[Callback]) -> str | None:
+    """The path of ``last.ckpt`` the callbacks of :func:`build_callbacks` wrote."""
+    last = callbacks[1]
+    assert isinstance(last, ModelCheckpoint) and last.monitor is None
+    return last.best_model_path or None
 
 
 def _evaluate(
@@ -386,7 +398,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         metrics["run_dir"] = str(run_dir)
         # Read before testing: restoring the best checkpoint restores its callback state too.
         metrics["best_checkpoint"] = (checkpoint and checkpoint.best_model_path) or None
-        metrics["last_checkpoint"] = (checkpoint and checkpoint.last_model_path) or None
+        metrics["last_checkpoint"] = _last_checkpoint(callbacks)
         # The held-out members, on the best checkpoint (the last weights under fast_dev_run).
         tested = trainer.test(
             model, datamodule=datamodule, ckpt_path=metrics["best_checkpoint"], verbose=False
