@@ -274,11 +274,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", arch: str | None = N
     ckpt = checkpoint_of(path, checkpoint)
     if arch is not None:
         raise ConfigError(f"arch: {arch}: run {path} read one architecture; drop arch")
-    try:
-        model = WeightAutoencoder.load_from_checkpoint(str(ckpt), map_location="cpu")
-    except Exception as e:  # a truncated or foreign file
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ConfigError(f"autoencoder: cannot load checkpoint {ckpt} ({msg})") from e
+    model = _load_checkpoint(WeightAutoencoder, ckpt)
     model.eval()
 
     # The run's own data options, on the zoo it read; the normalizer is the one the model
@@ -293,6 +289,15 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", arch: str | None = N
             f"{ckpt} was trained on {list(model.spec.widths)}"
         )
     return Run(path, config, record, zoo, ckpt, model, datamodule)
+
+
+def _load_checkpoint(cls: Any, ckpt: Path) -> Any:
+    """``cls.load_from_checkpoint`` on the CPU; a truncated or foreign file is one line."""
+    try:
+        return cls.load_from_checkpoint(str(ckpt), map_location="cpu")
+    except Exception as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"autoencoder: cannot load checkpoint {ckpt} ({msg})") from e
 
 
 def _load_mixed(
@@ -311,11 +316,7 @@ def _load_mixed(
     for zoo in zoos:
         if not (zoo / MANIFEST).is_file():
             raise ZooError(f"autoencoder: a zoo of run {path} is gone: {zoo} (no {MANIFEST})")
-    try:
-        mixed = MixedAutoencoder.load_from_checkpoint(str(ckpt), map_location="cpu")
-    except Exception as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ConfigError(f"autoencoder: cannot load checkpoint {ckpt} ({msg})") from e
+    mixed = _load_checkpoint(MixedAutoencoder, ckpt)
     if arch not in mixed.names:
         raise ConfigError(
             f"arch: {arch}: run {path} reads several architectures, choose one of "
