@@ -292,6 +292,7 @@ ANALYZE: dict[str, Check] = {
     "symmetry_breaking.tolerance": number(0),
     "latent.n_trajectories": integer(0),
     "latent.umap": BOOL | choice("auto"),
+    "latent.arch": NULL | TEXT,
     "figure.dpi": integer(1),
 }
 

@@ -267,3 +267,14 @@ def test_a_mixed_run_is_read_per_architecture_and_compared_with_a_run_of_one(zoo
     assert set(table["representation"]) == {"A: mixed"} and set(table["baseline"]) == {"B: one"}
     assert {"test_acc", "epoch"} <= set(table["target"])
     assert (out / "comparisons.csv").is_file() and (out / "probes.csv").is_file()
+    # The analyses read one architecture of it: latent.arch.
+    from weightspace.analysis.run import load_autoencoder
+
+    def analysis(*overrides: str):
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            return compose("analyze", overrides=[f"autoencoder={tmp_path / 'mixed'}", *overrides])
+
+    with pytest.raises(ConfigError, match=r"^latent.arch: None: run .* choose one of 64-16-10"):
+        load_autoencoder(analysis())
+    run = load_autoencoder(analysis("latent.arch=64-8-8-8-10"))
+    assert run.model.spec.widths == (64, 8, 8, 8, 10) and run.datamodule.spec == run.model.spec

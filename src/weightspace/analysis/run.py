@@ -142,7 +142,13 @@ def load_autoencoder(cfg: DictConfig, needed: bool = True) -> Run | None:
     if not needed:
         return None
     latent = cfg.get("latent") or {}
-    return load_run(path, checkpoint=str(latent.get("checkpoint", "best")))
+    arch = latent.get("arch")  # a run over several architectures: one of them
+    return load_run(
+        path,
+        checkpoint=str(latent.get("checkpoint", "best")),
+        arch=None if arch is None else str(arch),
+        arch_key="latent.arch",
+    )
 
 
 # --------------------------------------------------------------------------- analyze

@@ -232,13 +232,16 @@ def _no_target(value: Any, key: str) -> None:
             _no_target(v, f"{key}.{k}")
 
 
-def load_run(run_dir: str | Path, checkpoint: str = "best", arch: str | None = None) -> Run:
+def load_run(
+    run_dir: str | Path, checkpoint: str = "best", arch: str | None = None, arch_key: str = "arch"
+) -> Run:
     """Rebuild an autoencoder run's model and datamodule (see the module docs).
 
     A run over zoos of several architectures (``zoo='[a,b,c]'``,
     :class:`~weightspace.autoencoder.mixed.MixedAutoencoder`) is rebuilt for one of them,
     ``arch`` (a name like ``64-32-32-10``): the model is that architecture's head (the shared
-    encoder and its own decoder), the datamodule its part of the zoos.
+    encoder and its own decoder), the datamodule its part of the zoos; errors about it name
+    ``arch_key`` (the caller's option).
 
     Raises :class:`ConfigError` when ``run_dir`` is not a run folder, its ``config.yaml``
     names anything but this package's datamodule and functions, or its checkpoint does not
@@ -265,7 +268,8 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", arch: str | None = N
     # Checked before anything else is read: the run's data config, as plain values.
     options = datamodule_options(data_cfg, path / CONFIG_FILE)
     if mixed:
-        return _load_mixed(path, config, record, options, checkpoint_of(path, checkpoint), arch)
+        ckpt = checkpoint_of(path, checkpoint)
+        return _load_mixed(path, config, record, options, ckpt, arch, arch_key)
     if not (zoo / MANIFEST).is_file():
         raise ZooError(
             f"autoencoder: the zoo of run {path} is gone: {zoo} (no {MANIFEST}); regenerate it "
@@ -273,7 +277,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", arch: str | None = N
         )
     ckpt = checkpoint_of(path, checkpoint)
     if arch is not None:
-        raise ConfigError(f"arch: {arch}: run {path} read one architecture; drop arch")
+        raise ConfigError(f"{arch_key}: {arch}: run {path} read one architecture; drop it")
     model = _load_checkpoint(WeightAutoencoder, ckpt)
     model.eval()
 
@@ -307,6 +311,7 @@ def _load_mixed(
     options: dict[str, Any],
     ckpt: Path,
     arch: str | None,
+    arch_key: str,
 ) -> Run:
     """One architecture of a run over several (see :func:`load_run`)."""
     from weightspace.autoencoder.mixed import MixedAutoencoder
@@ -319,7 +324,7 @@ def _load_mixed(
     mixed = _load_checkpoint(MixedAutoencoder, ckpt)
     if arch not in mixed.names:
         raise ConfigError(
-            f"arch: {arch}: run {path} reads several architectures, choose one of "
+            f"{arch_key}: {arch}: run {path} reads several architectures, choose one of "
             f"{', '.join(mixed.names)}"
         )
     k = mixed.names.index(arch)
