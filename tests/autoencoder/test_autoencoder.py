@@ -542,6 +542,8 @@ def test_last_checkpoint_is_the_last_epoch_not_the_best(api_zoo_path, tmp_path):
     last = torch.load(m["last_checkpoint"], map_location="cpu", weights_only=False)
     best = torch.load(m["best_checkpoint"], map_location="cpu", weights_only=False)
     assert Path(m["last_checkpoint"]).name == "last.ckpt"
+    names = sorted(p.name for p in Path(m["last_checkpoint"]).parent.iterdir())
+    assert names == [Path(m["best_checkpoint"]).name, "last.ckpt"]  # no last-v1.ckpt
     assert (best["epoch"], last["epoch"]) == (0, 2)
     assert last["global_step"] == m["global_step"] > best["global_step"]
 

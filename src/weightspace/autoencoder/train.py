@@ -281,8 +281,10 @@ def build_callbacks(run_dir: Path, monitor: str = "val/recon") -> list[Callback]
     """The best checkpoint (lowest ``monitor``: ``best-*.ckpt``) and the last one
     (``last.ckpt``, rewritten every epoch: what a resume starts from).
 
-    Two callbacks, not ``save_last=True``: since Lightning 2.6 that rewrites ``last.ckpt`` only
-    when a new best is saved, so it held the best epoch and a resume went back to it."""
+    ``save_last=True`` alone is not enough: since Lightning 2.6 it rewrites ``last.ckpt`` only
+    when a new best is saved (and at the end of training), so it held the best epoch and a
+    resume went back to it. A second callback without a monitor writes the same file every
+    epoch; version counters off, so the two never make a ``last-v1.ckpt``."""
     folder = run_dir / "checkpoints"
     best = ModelCheckpoint(
         dirpath=folder,
@@ -290,18 +292,19 @@ def build_callbacks(run_dir: Path, monitor: str = "val/recon") -> list[Callback]
         monitor=monitor,
         mode="min",
         save_top_k=1,
+        save_last=True,  # also at the end of training (a fast_dev_run's only checkpoint)
         auto_insert_metric_name=False,
+        enable_version_counter=False,
     )
-    # No monitor, top 1: a checkpoint at every save, always the same file.
-    last = ModelCheckpoint(dirpath=folder, filename="last", enable_version_counter=False)
-    return [best, last]
+    every_epoch = ModelCheckpoint(dirpath=folder, filename="last", enable_version_counter=False)
+    return [best, every_epoch]
 
 
 def _last_checkpoint(callbacks: list[Callback]) -> str | None:
     """The path of ``last.ckpt`` the callbacks of :func:`build_callbacks` wrote."""
-    last = callbacks[1]
-    assert isinstance(last, ModelCheckpoint) and last.monitor is None
-    return last.best_model_path or None
+    best, every_epoch = callbacks[:2]
+    assert isinstance(best, ModelCheckpoint) and isinstance(every_epoch, ModelCheckpoint)
+    return every_epoch.best_model_path or best.last_model_path or None
 
 
 def _evaluate(
