@@ -130,6 +130,21 @@ def test_sweep_jobs_are_named_by_their_overrides():
         HydraConfig.instance().cfg = None
 
 
+def test_one_architecture_of_a_mixed_run_logs_under_its_own_keys():
+    """Each head's evaluation of a run over several architectures logs under eval/<arch>/:
+    three evaluations in one W&B run do not overwrite each other's numbers."""
+    from weightspace.evaluation.dashboard import _scoped
+
+    keys = ["eval/probe/latent/test_acc/ridge/r2", "eval/figures/latent_map", "eval/recon"]
+    scoped = [_scoped(k, "64-16-10") for k in keys]
+    assert scoped == [
+        "eval/64-16-10/probe/latent/test_acc/ridge/r2",
+        "eval/64-16-10/figures/latent_map",
+        "eval/64-16-10/recon",
+    ]
+    assert len({_scoped(k, a) for k in keys for a in ("64-16-10", "64-8-10")}) == 6
+
+
 def test_headline_names_are_stable_and_finite():
     import pandas as pd
 

@@ -319,7 +319,9 @@ def _evaluate(
     evaluator = instantiate(cfg.evaluator)
     if isinstance(model, MixedAutoencoder):  # each architecture's head on its members
         return {
-            name: evaluator(model=head, datamodule=part, run_dir=run_dir / name, seed=int(cfg.seed))
+            name: evaluator(
+                model=head, datamodule=part, run_dir=run_dir / name, seed=int(cfg.seed), scope=name
+            )
             for name, head, part in zip(model.names, model.heads, datamodule.parts)
         }
     return evaluator(model=model, datamodule=datamodule, run_dir=run_dir, seed=int(cfg.seed))

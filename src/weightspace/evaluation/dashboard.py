@@ -213,11 +213,13 @@ def log_evaluation(
     model: Any = None,
     datamodule: Any = None,
     seed: int = 0,
+    scope: str | None = None,
 ) -> None:
     """Log ``results`` to the active W&B run (nothing without one): the tables, the
     :func:`headline` scalars in the summary, and as images under ``eval/figures/`` the
     latent map, reconstruction and samples figures and the evaluation's own PNGs
-    (``paths``: what :meth:`EvalResults.save` returned)."""
+    (``paths``: what :meth:`EvalResults.save` returned). ``scope`` (one architecture of a run
+    over several): every key under ``eval/<scope>/`` instead of ``eval/``."""
     import wandb
 
     from weightspace.evaluation.audit import curves
@@ -242,5 +244,14 @@ def log_evaluation(
         }  # audit.png, signals.png
         for name, p in pngs.items():
             logs[f"eval/figures/{name}"] = wandb.Image(str(p), caption=name.replace("_", " "))
+        if scope:
+            logs = {_scoped(k, scope): v for k, v in logs.items()}
         run.log(logs)  # copies the images into the run folder
-    run.summary.update(headline(results))
+    summary = headline(results)
+    run.summary.update({_scoped(k, scope): v for k, v in summary.items()} if scope else summary)
+
+
+def _scoped(key: str, scope: str) -> str:
+    """``eval/x`` -> ``eval/<scope>/x`` (other keys: ``<scope>/key``)."""
+    head, sep, rest = key.partition("/")
+    return f"{head}/{scope}/{rest}" if sep and head == "eval" else f"{scope}/{key}"

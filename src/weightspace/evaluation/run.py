@@ -27,6 +27,7 @@ def evaluate_run(
     run_dir: str | Path,
     seed: int = 0,
     audit: Mapping[str, Any] | bool | None = None,
+    scope: str | None = None,
 ) -> EvalResults:
     """Evaluate ``model`` on ``datamodule``'s held-out members (probes against the baselines,
     reconstruction, generation and its memorization audit), save the results to
@@ -35,11 +36,12 @@ def evaluate_run(
     ``audit`` (config ``evaluator.audit``; on in ``experiment=autoencoder/demo``): True (the
     memorization audit at its default sizes), a mapping of
     :class:`~weightspace.evaluation.audit.AuditOptions` (``evaluator.audit={n_boot: 200}``),
-    or False / None (no audit)."""
+    or False / None (no audit). ``scope``: W&B keys under ``eval/<scope>/`` (one architecture
+    of a run over several)."""
     opts = None
     if audit is not None and audit is not False:
         opts = AuditOptions.from_mapping(None if audit is True else audit)
     results = evaluate_autoencoder(model, datamodule, seed=seed, audit=opts)
     paths = results.save(Path(run_dir) / EVALUATION_DIR)
-    log_evaluation(results, paths, model, datamodule, seed)  # to the active W&B run, if any
+    log_evaluation(results, paths, model, datamodule, seed, scope)  # to the active W&B run
     return results
