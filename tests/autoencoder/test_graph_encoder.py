@@ -114,6 +114,27 @@ def test_latent_is_invariant_to_sign_flips_of_tanh_units():
         assert not torch.allclose(plain(moved), plain(params), atol=1e-3)
 
 
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_per_tensor_scaling_keeps_every_invariance_and_brings_tensors_to_unit_rms(activation):
+    """center=layer: each tensor over its running RMS (one number per tensor), learned on
+    training batches and frozen in eval; the latent stays invariant to permutations and to
+    rescaling (relu) / sign flips (tanh)."""
+    spec = MLPSpec(WIDTHS, activation)
+    params = random_params(spec)
+    params[weight_name(2)] = params[weight_name(2)] * 1e-3  # a tensor at a far-off scale
+    enc = encoder(spec, center="layer").train()
+    enc(params)  # one training batch: the running statistics
+    enc.eval()
+    scaled = enc.standardize(enc.canonical(params))
+    for w, b in scaled:
+        torch.testing.assert_close(w.square().mean(), torch.tensor(1.0), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(b.square().mean(), torch.tensor(1.0), rtol=1e-4, atol=1e-4)
+    moved = permuted(spec, rescaled(spec, params, signs=activation == "tanh"))
+    assert_moved(params, moved)
+    with torch.no_grad():
+        torch.testing.assert_close(enc(moved), enc(params), **TOL)
+
+
 def test_latent_sees_the_weights_inputs_and_outputs():
     """Input pixels and output classes have an identity: permuting them is another network,
     and so is another network. (In float64, where the invariances above hold to ~1e-15: an

@@ -82,7 +82,9 @@ def test_architectures_an_encoder_cannot_read_are_refused():
             enc(random_params(MLPSpec(widths)))
     with pytest.raises(ConfigError, match=r"^encoder.readout: 'mean' \(choose layers or pooled"):
         GraphEncoder(MLPSpec(ARCHS[0]), 5, readout="mean")
-    with pytest.raises(ConfigError, match=r"^encoder.center: entry .* set encoder.center=null"):
+    with pytest.raises(
+        ConfigError, match=r"^encoder.center: entry standardizes .* set encoder.center=null"
+    ):
         GraphEncoder(MLPSpec(ARCHS[0]), 5, readout="pooled", center="entry")
 
 

@@ -174,7 +174,9 @@ class GraphEncoder(nn.Module):
         center: ``None`` (the default) or ``entry``: each entry standardized by its running
             mean and std over the training members after canonicalizing
             (:mod:`~weightspace.autoencoder.entry_norm`; for zoos of one shared init: it fixes
-            a frame, so per-member permutation invariance is given up).
+            a frame, so per-member permutation invariance is given up); or ``layer``: each
+            tensor divided by its running RMS over the training members (every symmetry kept;
+            for zoos whose tensors differ in scale by orders of magnitude, e.g. INRs).
         readout: ``layers``: the mean node of each hidden layer, the output nodes in order, the
             mean input node and the mean edge of each layer, then an MLP; ``pooled``: the
             first, last and mean over hidden layers of those layer means (and of the edges'),
@@ -204,7 +206,7 @@ class GraphEncoder(nn.Module):
             raise ConfigError(f"encoder.readout: '{readout}' (choose layers or pooled)")
         if readout == "pooled" and center is not None:
             raise ConfigError(
-                "encoder.center: entry standardizes the entries of one architecture; "
+                f"encoder.center: {center} standardizes the tensors of one architecture; "
                 "readout=pooled reads several: set encoder.center=null"
             )
         if symmetry not in SYMMETRIES:
