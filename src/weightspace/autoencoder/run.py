@@ -295,6 +295,13 @@ def load_run(
     return Run(path, config, record, zoo, ckpt, model, datamodule)
 
 
+def reads_several(run_dir: str | Path) -> bool:
+    """Whether the run at ``run_dir`` trained on zoos of several architectures (its record
+    lists zoos): :func:`load_run` then needs ``arch``."""
+    path = Path(run_dir) / RUN_FILE
+    return path.is_file() and isinstance(json.loads(path.read_text()).get("zoo"), list)
+
+
 def _load_checkpoint(cls: Any, ckpt: Path) -> Any:
     """``cls.load_from_checkpoint`` on the CPU; a truncated or foreign file is one line."""
     try:

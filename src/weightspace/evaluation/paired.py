@@ -16,7 +16,6 @@ encoders, two seeds). ``scripts/compare_latents.py`` runs it on run folders.
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from weightspace.autoencoder.run import RUN_FILE, load_run
+from weightspace.autoencoder.run import load_run, reads_several
 from weightspace.data.mixed import arch_name
 from weightspace.errors import ConfigError
 from weightspace.evaluation.compare import compare_probes
@@ -93,12 +92,6 @@ def compare_latents(
     return probes, comparisons
 
 
-def _reads_several(run: str) -> bool:
-    """Whether ``run`` trained on zoos of several architectures (its record lists zoos)."""
-    path = Path(run) / RUN_FILE
-    return path.is_file() and isinstance(json.loads(path.read_text()).get("zoo"), list)
-
-
 def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     parser = argparse.ArgumentParser(
         prog="compare_latents",
@@ -119,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
         "<subject>/compare-<baseline name>)",
     )
     args = parser.parse_args(argv)
-    several = [_reads_several(r) for r in (args.subject, args.baseline)]
+    several = [reads_several(r) for r in (args.subject, args.baseline)]
     if all(several) and args.arch is None:
         raise ConfigError("--arch: both runs read several architectures; name one")
     # The run of one architecture first: it says which head of the other to read.
