@@ -254,6 +254,9 @@ TRAIN_AUTOENCODER: dict[str, Check] = {
     "model.temperature": number(0, lo_open=True),
     "model.projection_dim": integer(1),
     "model.functional_kind": choice("mse", "kl"),
+    "model.field_weight": number(0),
+    "model.field_hidden": list_of(integer(1), min_len=1),
+    "model.detach_decoder": BOOL,
     "model.features.input": NULL | BOOL | choice("add", "concat"),  # false: null, true: add
     "model.features.weight": number(0),
     "model.features.spectrum": BOOL,

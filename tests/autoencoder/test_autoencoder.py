@@ -111,6 +111,7 @@ LOSSES = {
     "contrastive": {"recon_weight": 0.0, "contrastive_weight": 1.0},
     "functional": {"recon_weight": 0.0, "functional_weight": 1.0},
     "stats": {"recon_weight": 1e-6, "features": {"weight": 1.0}},
+    "field": {"recon_weight": 0.0, "field_weight": 1.0, "functional_kind": "kl"},
 }
 
 
@@ -121,6 +122,7 @@ LOSSES = {
         ("contrastive", "mlp"),
         ("functional", "mlp"),
         ("stats", "mlp"),
+        ("field", "mlp"),
         ("recon", "transformer"),
         ("recon", "probe"),
     ],
@@ -150,6 +152,33 @@ def test_functional_gradient_reaches_the_decoder(encoder, datamodule):
     for name, p in model.decoder.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient on decoder.{name}"
     assert all(p.grad is not None for p in model.encoder.parameters())
+
+
+def test_field_loss_trains_the_encoder_through_the_field_not_the_weight_decoder(datamodule):
+    model = small_model(datamodule, recon_weight=0.0, field_weight=1.0, field_hidden=[32])
+    batch = next(iter(datamodule.train_dataloader()))
+    terms = model.compute_losses(batch)
+    assert "functional" not in terms and torch.equal(terms["loss"], terms["field"])
+    # The field's prediction has the original's outputs' shape on the probe inputs.
+    z = model.encode(batch)
+    assert model.field(z, model.probe_inputs).shape == (len(z), 64, datamodule.spec.widths[-1])
+    terms["loss"].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.field.parameters())
+    assert all(p.grad is not None for p in model.encoder.parameters())
+    assert all(p.grad is None for p in model.decoder.parameters())
+
+
+def test_a_detached_decoder_learns_to_decode_without_shaping_the_latent(datamodule):
+    model = small_model(datamodule, field_weight=1.0, field_hidden=[32], detach_decoder=True)
+    batch = next(iter(datamodule.train_dataloader()))
+    terms = model.compute_losses(batch)
+    terms["recon"].backward(retain_graph=True)  # the weight loss reaches the decoder alone
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.decoder.parameters())
+    assert all(p.grad is None for p in model.encoder.parameters())
+    terms["field"].backward()
+    assert all(p.grad is not None for p in model.encoder.parameters())
+    with pytest.raises(ConfigError, match="^detach_decoder: true leaves the encoder no loss"):
+        small_model(datamodule, detach_decoder=True)
 
 
 def test_decode_params_runs_with_the_functional_forward(datamodule):
@@ -314,6 +343,8 @@ def test_bad_options_are_config_errors(datamodule):
         small_model(datamodule, features={"input": "sum"})
     with pytest.raises(ConfigError, match="features.weight"):
         small_model(datamodule, features={"input": "concat", "weight": 1.0})
+    with pytest.raises(ConfigError, match="field_hidden"):
+        small_model(datamodule, field_weight=1.0, field_hidden=[])
     model = small_model(datamodule, contrastive_weight=0.5)
     with pytest.raises(ConfigError, match="two augmented views"):
         model.compute_losses(next(iter(datamodule.train_dataloader())))
@@ -326,6 +357,8 @@ def test_checkpoint_reloads_strictly_with_identical_outputs(encoder, views_datam
         encoder,
         contrastive_weight=0.1,
         functional_weight=1.0,
+        field_weight=0.5,
+        field_hidden=[16],
         features={"weight": 0.5, "input": True},
     )
     trainer = quiet_trainer(max_steps=2, limit_val_batches=0)

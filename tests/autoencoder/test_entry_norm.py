@@ -72,7 +72,9 @@ def test_center_default_off_and_bad_value_refused():
     assert NFNEncoder(SPEC, 8).standardize is None
     with pytest.raises(ConfigError, match="encoder.center"):
         GraphEncoder(SPEC, 8, ["sine"], center="member")
-    with pytest.raises(ConfigError, match=r"encoder.center: 'tensor' \(choose null, entry or layer"):
+    with pytest.raises(
+        ConfigError, match=r"encoder.center: 'tensor' \(choose null, entry or layer"
+    ):
         NFNEncoder(SPEC, 8, center="tensor")
     assert type(NFNEncoder(SPEC, 8, center="layer").standardize).__name__ == "LayerScaler"
 

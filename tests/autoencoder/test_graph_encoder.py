@@ -135,6 +135,34 @@ def test_per_tensor_scaling_keeps_every_invariance_and_brings_tensors_to_unit_rm
         torch.testing.assert_close(enc(moved), enc(params), **TOL)
 
 
+@pytest.mark.parametrize("activation, signs", [("relu", False), ("tanh", True), ("sine", True)])
+def test_probe_features_keep_every_invariance_and_are_the_networks_values(activation, signs):
+    """probe=K: every node reads its values on K inputs (computed after canonicalizing), so
+    the latent stays invariant; the outputs' values are the network's outputs, and a network
+    computing something else on the probe inputs gets another latent."""
+    spec = MLPSpec(WIDTHS, activation)
+    params = random_params(spec)
+    x = torch.randn(6, spec.widths[0])
+    enc = encoder(spec, probe=4, probe_inputs=x)
+    assert torch.equal(enc.probe_x, x[:4])
+    values = enc.probe_activations(enc.canonical(params))
+    assert [v.shape[1] for v in values] == list(spec.widths)
+    torch.testing.assert_close(values[-1].transpose(1, 2), forward(params, x[:4], spec), **TOL)
+    moved = permuted(spec, rescaled(spec, params, signs=signs))
+    assert_moved(params, moved)
+    assert_same_function(spec, params, moved)
+    with torch.no_grad():
+        torch.testing.assert_close(enc(moved), enc(params), **TOL)
+        # The probe features reach the latent: the same weights, other probe inputs.
+        other = encoder(spec, probe=4, probe_inputs=x)
+        other.probe_x.copy_(torch.randn(4, spec.widths[0]))
+        assert not torch.allclose(other(params), enc(params), atol=1e-4)
+    with pytest.raises(ConfigError, match=r"^encoder.probe: 8 probe inputs asked, the model has 6"):
+        GraphEncoder(spec, 5, probe=8, probe_inputs=x)
+    with pytest.raises(ConfigError, match=r"^encoder.probe: runs each network, .* relu, tanh"):
+        GraphEncoder(spec, 5, activations=["relu", "tanh"], symmetry="permutation", probe=2)
+
+
 def test_latent_sees_the_weights_inputs_and_outputs():
     """Input pixels and output classes have an identity: permuting them is another network,
     and so is another network. (In float64, where the invariances above hold to ~1e-15: an
@@ -199,8 +227,9 @@ def datamodule(api_zoo_path) -> WeightDataModule:
 
 def graph_model(dm: WeightDataModule, **hparams) -> WeightAutoencoder:
     torch.manual_seed(0)
+    hparams = {"encoder": GRAPH, **hparams}
     return WeightAutoencoder.from_datamodule(
-        dm, n_probe=64, scheduler=None, encoder=GRAPH, decoder=MLP_DECODER, **hparams
+        dm, n_probe=64, scheduler=None, decoder=MLP_DECODER, **hparams
     )
 
 
@@ -238,7 +267,11 @@ def test_model_trains_and_its_latent_is_invariant(datamodule):
 
 
 def test_checkpoint_reloads_strictly_with_identical_outputs(datamodule, tmp_path):
-    model = graph_model(datamodule, functional_weight=1.0, features={"input": "concat"})
+    graph = {**GRAPH, "probe": 8}  # the probe features' inputs travel in the state dict
+    model = graph_model(
+        datamodule, functional_weight=1.0, features={"input": "concat"}, encoder=graph
+    )
+    assert torch.equal(model.encoder.probe_x, model.probe_inputs[:8])
     trainer = quiet_trainer(max_steps=2, limit_val_batches=0)
     trainer.fit(model, datamodule=datamodule)
     path = tmp_path / "model.ckpt"
@@ -251,6 +284,7 @@ def test_checkpoint_reloads_strictly_with_identical_outputs(datamodule, tmp_path
             assert torch.equal(loaded.compute_losses(batch, functional=True)[k], v), k
         assert torch.equal(loaded.encode(batch), model.encode(batch))
     assert isinstance(loaded.encoder, GraphEncoder) and loaded.encoder.scale
+    assert torch.equal(loaded.encoder.probe_x, model.probe_inputs[:8])
 
 
 def test_train_fast_dev_run_with_encoder_graph(api_zoo_path, tmp_path):

@@ -40,6 +40,7 @@ from weightspace.evaluation.splits import load_split, probe_targets
 from weightspace.evaluation.tables import format_comparisons, format_table
 from weightspace.features import FeatureSpec
 from weightspace.features.statistics import layer_statistics
+from weightspace.nets.forward import forward
 from weightspace.nets.spec import MLPSpec
 from weightspace.zoo.store import Zoo
 
@@ -464,6 +465,35 @@ def test_invariants_reference_carries_what_the_model_reads(datamodule, digits, m
         seen["invariants"][2], FeatureSpec(True, True, True).compute(test.params, spec, probe)
     )
     np.testing.assert_allclose(seen["stats"][2], layer_statistics(test.params, spec))
+
+
+def test_an_encoder_reading_probe_values_is_compared_with_those_values(
+    datamodule, digits, monkeypatch
+):
+    """An encoder with probe features (``encoder.probe_x``) reads part of the function: the
+    evaluation adds the networks' outputs on those inputs ("probed") as a representation and
+    compares the latent and the learned coordinates with it; without them, no such row."""
+    model = PCAModel(load_split(datamodule, "train").weights, 3)
+    seen = {}
+
+    def spy(reps, *args, **kwargs):
+        seen.update(reps)
+        return probe_table(reps, *args, **kwargs)
+
+    monkeypatch.setattr("weightspace.evaluation.evaluate.probe_table", spy)
+    res = evaluate_autoencoder(model, datamodule, digits, n_samples=4, boosting=False)
+    assert "probed" not in seen and "probed" not in set(res["probes"].representation)
+    model.encoder = torch.nn.Module()
+    model.encoder.register_buffer("probe_x", digits.x_train[:5].float())
+    res = evaluate_autoencoder(model, datamodule, digits, n_samples=4, boosting=False)
+    spec, test = datamodule.spec, load_split(datamodule, "test")
+    outputs = forward(
+        {k: v.double() for k, v in test.params.items()}, digits.x_train[:5].double(), spec
+    )
+    np.testing.assert_allclose(seen["probed"][2], outputs.flatten(1).numpy())
+    assert seen["probed"][2].shape == (len(test.weights), 5 * spec.widths[-1])
+    assert "probed" in set(res["probes"].representation)
+    assert "probed" in set(res["comparisons"].baseline)
 
 
 def test_evaluate_autoencoder_end_to_end(datamodule, digits, tmp_path):

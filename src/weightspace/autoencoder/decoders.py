@@ -2,6 +2,9 @@
 
 Built like the encoders from a ``_target_`` + ``_partial_: true`` config
 (``conf/decoder/``), called by the model as ``partial(spec, latent_width)``.
+
+:class:`FieldDecoder` decodes to a *function* instead: the network's outputs at given inputs,
+from the latent and the input (the model's ``field`` loss; no weights are produced).
 """
 
 from __future__ import annotations
@@ -11,11 +14,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from weightspace.autoencoder.blocks import mlp_layers, transformer_layer
+from weightspace.autoencoder.blocks import ACTIVATIONS, mlp_layers, transformer_layer
 from weightspace.nets.layout import flatten_params
 from weightspace.nets.spec import MLPSpec, Params, bias_name, weight_name
 
-__all__ = ["MLPDecoder", "TransformerDecoder"]
+__all__ = ["FieldDecoder", "MLPDecoder", "TransformerDecoder"]
 
 
 class MLPDecoder(nn.Module):
@@ -89,3 +92,38 @@ class TransformerDecoder(nn.Module):
             rows.append(head(h[:, start : start + out]))  # (N, out_l, in_l + bias)
             start += out
         return _rows_to_flat(rows, self.spec)  # (N, D)
+
+
+class FieldDecoder(nn.Module):
+    """A conditional neural field ``f(z, x)``: a latent ``z`` and an input ``x`` of the zoo's
+    task -> the output the encoded network gives at ``x`` (inr2vec's decoder, here for any
+    zoo: an INR's value at a pixel coordinate, a classifier's logits on an image).
+
+    Trained to reproduce the original's outputs on the probe inputs, it asks the latent for
+    what the network *computes* without asking it to pick one of the many weight vectors that
+    compute it. The first layer is split, ``A z + B x``, so the ``N x n_probe`` pairs are never
+    concatenated."""
+
+    def __init__(
+        self,
+        latent_dim: int,
+        in_dim: int,
+        out_dim: int,
+        hidden: Sequence[int] = (256, 256),
+        activation: str = "gelu",
+    ):
+        super().__init__()
+        if not hidden:
+            raise ValueError("FieldDecoder: hidden needs at least one layer")
+        self.from_latent = nn.Linear(latent_dim, hidden[0])
+        self.from_input = nn.Linear(in_dim, hidden[0], bias=False)
+        self.rest = nn.Sequential(
+            nn.LayerNorm(hidden[0]),
+            ACTIVATIONS[activation](),
+            mlp_layers([*hidden, out_dim], activation, 0.0, True),
+        )
+
+    def forward(self, z: Tensor, x: Tensor) -> Tensor:
+        """``z (N, latent)``, ``x (P, in)`` -> ``(N, P, out)``."""
+        h = self.from_latent(z)[:, None, :] + self.from_input(x)[None, :, :]  # (N, P, hidden)
+        return self.rest(h)

@@ -41,6 +41,14 @@ architectures (:mod:`~weightspace.autoencoder.mixed`), each call one architectur
   which activation): ``ConfigError`` naming ``encoder.symmetry``, unless
   ``symmetry="permutation"`` (no canonicalization: permutation-invariant only).
 
+**Probe features** (Neural Graphs' "probe features"; ``probe=K``, off by default): each
+node also reads what its neuron computes on ``K`` fixed inputs of the zoo's task (the model's
+first ``K`` probe inputs; the inputs' nodes their values): hidden units their activations,
+outputs the network's outputs. They are computed from the canonical parameters, so every
+symmetry above is kept (a permuted unit's activations move with it). On an INR zoo the output
+nodes' features are the fitted signal at ``K`` coordinates: the encoder reads a little of the
+function as well as the weights.
+
 Input: the networks' own effective parameters ``{name: (N, *shape)}`` (``reads_params``:
 the model denormalizes them; weight-normalized zoos arrive as effective weights), and the
 zoo's activations (``reads_activations``).
@@ -59,7 +67,7 @@ from torch import Tensor, nn
 from weightspace.autoencoder.blocks import mlp_layers
 from weightspace.autoencoder.entry_norm import make_standardizer
 from weightspace.errors import ConfigError
-from weightspace.nets.spec import MLPSpec, Params, bias_name, layers, weight_name
+from weightspace.nets.spec import ACTIVATIONS, MLPSpec, Params, bias_name, layers, weight_name
 from weightspace.symmetry import (
     HOMOGENEOUS_ACTIVATIONS,
     ODD_ACTIVATIONS,
@@ -182,10 +190,14 @@ class GraphEncoder(nn.Module):
             first, last and mean over hidden layers of those layer means (and of the edges'),
             so one encoder reads networks of any depth up to ``spec``'s and any hidden widths.
             Both are invariant to hidden permutations.
+        probe: ``K``, the number of probe inputs whose activations every node reads (0: none).
+        probe_inputs: ``(>= K, in)`` inputs of the zoo's task (the model passes its probe
+            inputs; the first ``K`` are kept, a buffer that travels in the state dict).
     """
 
     reads_params = True
     reads_activations = True
+    reads_probe_inputs = True
 
     def __init__(
         self,
@@ -200,6 +212,8 @@ class GraphEncoder(nn.Module):
         symmetry: str = "auto",
         center: str | None = None,
         readout: str = "layers",
+        probe: int = 0,
+        probe_inputs: Tensor | None = None,
     ):
         super().__init__()
         if readout not in READOUTS:
@@ -219,6 +233,18 @@ class GraphEncoder(nn.Module):
                 "(their units have different scale / sign symmetries); use one activation per "
                 "zoo, or encoder.symmetry=permutation (invariant to permutations only)"
             )
+        if probe < 0:
+            raise ConfigError(f"encoder.probe: {probe}, must be >= 0")
+        if probe and len(acts) > 1:
+            raise ConfigError(
+                f"encoder.probe: runs each network, and this zoo mixes {', '.join(acts)} (the "
+                "encoder does not see which member has which); set encoder.probe=0"
+            )
+        if probe and probe_inputs is not None and len(probe_inputs) < probe:
+            raise ConfigError(
+                f"encoder.probe: {probe} probe inputs asked, the model has {len(probe_inputs)} "
+                "(model.n_probe)"
+            )
         self.spec = spec
         self.readout = readout
         self.scale, self.sign = kinds.pop() if symmetry == "auto" else (False, False)
@@ -232,6 +258,11 @@ class GraphEncoder(nn.Module):
         self.layer_emb = nn.Embedding(spec.n_layers + 1, d)
         self.input_pos = nn.Embedding(spec.widths[0], d)
         self.output_pos = nn.Embedding(spec.widths[-1], d)
+        self.probe_in = None
+        if probe:
+            x = torch.zeros(probe, spec.widths[0]) if probe_inputs is None else probe_inputs
+            self.register_buffer("probe_x", x[:probe].detach().float().clone())  # (K, in)
+            self.probe_in = nn.Sequential(nn.Linear(2 * probe, d), nn.GELU(), nn.Linear(d, d))
         # The last step's edge update would reach only the edges' mean: skipped.
         self.steps = nn.ModuleList(
             MessagePassing(d, c, message_dim, update_edges=k < n_layers - 1)
@@ -284,6 +315,20 @@ class GraphEncoder(nn.Module):
         )
         return list(layers(p, spec))
 
+    def probe_activations(self, wb: list[tuple[Tensor, Tensor | None]]) -> list[Tensor]:
+        """Per layer of nodes (the inputs first), each node's values on the ``K`` probe
+        inputs, ``(N, n_k, K)``: the inputs' coordinates, hidden units' activations, the
+        outputs."""
+        act = ACTIVATIONS[self.canon_spec.activation]
+        x = self.probe_x.to(wb[0][0].dtype).t().expand(len(wb[0][0]), -1, -1)  # (N, in, K)
+        out = [x]
+        for l, (w, b) in enumerate(wb):
+            x = torch.matmul(w, x) if b is None else torch.baddbmm(b.unsqueeze(-1), w, x)
+            if l < len(wb) - 1:
+                x = act(x)
+            out.append(x)  # (N, o, K)
+        return out
+
     def graph(self, wb: list[tuple[Tensor, Tensor | None]]) -> tuple[Tensor, list[Tensor]]:
         """Initial node features ``(N, T, d)`` (every layer's neurons, the inputs first) and
         edge features ``e[l]`` ``(c, N, out_l, in_l)`` of the networks' graphs."""
@@ -309,11 +354,15 @@ class GraphEncoder(nn.Module):
 
     def forward(self, params: Params) -> Tensor:  # {name: (N, *shape)} -> (N, latent)
         wb = self.canonical(params)
+        probed = None if self.probe_in is None else self.probe_activations(wb)
         if self.standardize is not None:
             wb = self.standardize(wb)
         widths = [wb[0][0].shape[2]] + [w.shape[1] for w, _ in wb]
         offsets = [0, *itertools.accumulate(widths)]
         h, e = self.graph(wb)
+        if probed is not None:  # values compressed like the weights': sign(a) log(1 + |a|)
+            a = torch.cat(probed, 1)  # (N, T, K)
+            h = h + self.probe_in(torch.cat([a, torch.sign(a) * torch.log1p(a.abs())], -1))
         for step in self.steps:
             h, e = step(h, e, offsets)
         h = self.norm(h)

@@ -111,6 +111,8 @@ class MixedAutoencoder(pl.LightningModule):
             head.probe_inputs.copy_(m.probe_inputs)
             if hasattr(m, "probe_targets"):
                 head.probe_targets.copy_(m.probe_targets)
+        if hasattr(model.encoder, "probe_x"):  # the encoder's probe features: the task's inputs
+            model.encoder.probe_x.copy_(built[0].encoder.probe_x)
         return model
 
     def setup(self, stage: str) -> None:

@@ -27,6 +27,11 @@ Losses (:mod:`~weightspace.autoencoder.losses`), each weighted (0 switches it of
   reproduce the original's outputs (MSE on outputs, or KL between softmaxes).
 - ``stats``: a linear head on the latent predicts the hand-made invariant features
   (:class:`~weightspace.autoencoder.options.FeatureUse`, ``features.weight``).
+- ``field``: a conditional neural field on the latent and a probe input
+  (:class:`~weightspace.autoencoder.decoders.FieldDecoder`, inr2vec's decoder) must give the
+  original's output at that input (``functional_kind`` again): the latent has to carry what
+  the network computes — an INR's image, a classifier's decisions — without the detour
+  through one of the many weight vectors that compute it.
 
 Every hyperparameter is a plain value (the normalizer and the feature use as dicts, the parts
 as their configs), and the probe inputs are a buffer, so
@@ -46,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from weightspace.autoencoder.decoders import FieldDecoder
 from weightspace.autoencoder.legacy import is_old_hparams, upgrade_hparams
 from weightspace.autoencoder.losses import (
     FUNCTIONAL_KINDS,
@@ -91,10 +97,17 @@ class WeightAutoencoder(WeightReader, pl.LightningModule):
         encoder, decoder: the parts' configs, ``{"_target_": class path, "kind": label,
             **options}`` (:mod:`~weightspace.autoencoder.options`); ``None``: the MLPs.
         latent_dim: size of the encoder's latent.
-        recon_weight, contrastive_weight, functional_weight: loss weights; 0 turns a loss off.
+        recon_weight, contrastive_weight, functional_weight, field_weight: loss weights; 0
+            turns a loss off.
         temperature: NT-Xent temperature.
         projection_dim: output size of the contrastive projection head.
-        functional_kind: ``"mse"`` on outputs or ``"kl"`` between softmaxes (classification).
+        functional_kind: ``"mse"`` on outputs or ``"kl"`` between softmaxes (classification),
+            for the functional and the field losses.
+        field_hidden: hidden widths of the field decoder (with ``field_weight > 0``).
+        detach_decoder: the weight decoder reads the latent without shaping it (its losses,
+            ``recon`` and ``functional``, train the decoder only): the latent is what the
+            other losses (``field``, ``contrastive``, ``stats``) make of it, and decoded
+            networks are still there to evaluate and sample.
         features: how the model uses the network's hand-made invariant features (which ones,
             how the latent reads them, the weight of a head that predicts them), the plain dict
             of :class:`~weightspace.autoencoder.options.FeatureUse`; ``None``: not at all.
@@ -125,6 +138,9 @@ class WeightAutoencoder(WeightReader, pl.LightningModule):
         temperature: float = 0.1,
         projection_dim: int = 32,
         functional_kind: str = "mse",
+        field_weight: float = 0.0,
+        field_hidden: Sequence[int] = (256, 256),
+        detach_decoder: bool = False,
         features: Mapping[str, Any] | None = None,
         stats_mean: Sequence[float] | None = None,
         stats_std: Sequence[float] | None = None,
@@ -146,13 +162,19 @@ class WeightAutoencoder(WeightReader, pl.LightningModule):
             raise ConfigError("functional_kind: kl needs class outputs; use mse for regression")
         if scheduler not in SCHEDULERS:
             raise ConfigError(f"scheduler: '{scheduler}' (choose null or cosine)")
-        if min(recon_weight, contrastive_weight, functional_weight, use.weight) < 0 or not any(
-            (recon_weight, contrastive_weight, functional_weight)
-        ):
+        weights = (recon_weight, contrastive_weight, functional_weight, field_weight)
+        if min(*weights, use.weight) < 0 or not any(weights):
             raise ConfigError(
-                "recon_weight, contrastive_weight, functional_weight, features.weight: must be "
-                ">= 0, one of the first three > 0"
+                "recon_weight, contrastive_weight, functional_weight, field_weight, "
+                "features.weight: must be >= 0, one of the first four > 0"
             )
+        if detach_decoder and not any((contrastive_weight, field_weight, use.weight)):
+            raise ConfigError(
+                "detach_decoder: true leaves the encoder no loss; set field_weight, "
+                "contrastive_weight or features.weight > 0"
+            )
+        if field_weight > 0 and not field_hidden:
+            raise ConfigError("field_hidden: needs at least one hidden width")
         spec = MLPSpec(tuple(widths), activations[0], bias)
         n_stats = use.spec.width(spec)
         concat = use.input == "concat"
@@ -169,7 +191,9 @@ class WeightAutoencoder(WeightReader, pl.LightningModule):
         self.activations = list(activations)
         self.normalizer = None if normalizer is None else LayerNormalizer.from_dict(normalizer)
         # What the encoder reads (flat vectors, outputs, parameters): autoencoder.reader.
-        self.encoder = self._build_encoder(encoder or DEFAULT_ENCODER, latent_dim, n_probe)
+        self.encoder = self._build_encoder(
+            encoder or DEFAULT_ENCODER, latent_dim, n_probe, probe_inputs
+        )
         make_decoder = part_factory("decoder", decoder or DEFAULT_DECODER)
         try:
             self.decoder = make_decoder(self.spec, self.latent_width)
@@ -180,6 +204,11 @@ class WeightAutoencoder(WeightReader, pl.LightningModule):
         if use.used and not (len(stats_mean) == len(stats_std) == n_stats):
             raise ConfigError(f"stats_mean, stats_std: need {n_stats} values each")
         self.stats_head = nn.Linear(latent_dim, n_stats) if use.weight > 0 else None
+        self.field = (
+            FieldDecoder(self.latent_width, spec.widths[0], spec.widths[-1], field_hidden)
+            if field_weight > 0
+            else None
+        )
         self.stats_in = nn.Linear(n_stats, latent_dim) if use.input == "add" else None
         self.stats_concat = concat
         self.register_buffer(
@@ -368,7 +397,8 @@ class WeightAutoencoder(WeightReader, pl.LightningModule):
 
         ``functional`` forces the functional term (and, for classifiers, ``agreement``: the
         fraction of probe inputs on which the decoded network predicts the original's class)
-        on or off; by default it is computed when its weight is > 0.
+        on or off; by default it is computed when its weight is > 0. The field term is
+        computed whenever the model has a field decoder.
         """
         hp = self.hparams
         x = self.flat_weights(batch)
@@ -380,7 +410,7 @@ class WeightAutoencoder(WeightReader, pl.LightningModule):
             with torch.no_grad():
                 stats = self.weight_statistics(flat)  # (B*V, S), an input and a target
         z = self._encode_flat(flat, stats)  # (B*V, latent)
-        recon = self.decoder(z)  # (B*V, D)
+        recon = self.decoder(z.detach() if hp.detach_decoder else z)  # (B*V, D)
 
         terms = {"recon": self.recon_loss(recon, flat)}
         if self.stats_head is not None:
@@ -395,11 +425,15 @@ class WeightAutoencoder(WeightReader, pl.LightningModule):
             )
         if functional is None:
             functional = hp.functional_weight > 0
-        if functional:
+        target = None
+        if functional or self.field is not None:
             act = batch.get("targets", {}).get("activation")
             act = None if act is None else act.repeat_interleave(v)
             with torch.no_grad():
-                target = self.network_outputs(flat, act)
+                target = self.network_outputs(flat, act)  # (B*V, n_probe, out)
+        if self.field is not None:
+            terms["field"] = self.functional_loss(self.field(z, self.probe_inputs), target)
+        if functional:
             pred = self.network_outputs(recon, act)
             terms["functional"] = self.functional_loss(pred, target)
             if self.spec.widths[-1] > 1:
@@ -410,6 +444,7 @@ class WeightAutoencoder(WeightReader, pl.LightningModule):
             "contrastive": hp.contrastive_weight,
             "functional": hp.functional_weight,
             "stats": self.features.weight,
+            "field": hp.field_weight,
         }
         terms["loss"] = sum(weights[k] * terms[k] for k in weights if k in terms and weights[k] > 0)
         return terms

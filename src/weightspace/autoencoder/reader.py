@@ -16,6 +16,8 @@ an encoder class says what it reads instead by class attributes:
 - ``reads_activations``: the zoo's activations (the partial gets ``activations``; a zoo may mix
   them). An encoder reading outputs, or parameters without this, needs a zoo of one
   activation.
+- ``reads_probe_inputs``: the partial also gets the model's probe inputs ``probe_inputs``
+  (``None`` when a checkpoint is loading: they come back with the state dict).
 
 The host class sets ``spec``, ``activations`` and ``normalizer`` and saves the hyperparameters
 ``encoder``, ``lr``, ``weight_decay``, ``scheduler`` and ``warmup_steps`` before calling
@@ -52,9 +54,15 @@ class WeightReader:
     normalizer: LayerNormalizer | None
     hparams: Any
 
-    def _build_encoder(self, config: Mapping[str, Any], latent_dim: int, n_probe: int):
-        """The encoder ``config`` describes, ``(spec, latent_dim[, n_probe][, activations])``;
-        sets :attr:`reads_outputs` and :attr:`reads_params`."""
+    def _build_encoder(
+        self,
+        config: Mapping[str, Any],
+        latent_dim: int,
+        n_probe: int,
+        probe_inputs: Tensor | None = None,
+    ):
+        """The encoder ``config`` describes, ``(spec, latent_dim[, n_probe][, activations]
+        [, probe_inputs])``; sets :attr:`reads_outputs` and :attr:`reads_params`."""
         make_encoder = part_factory("encoder", config)
         self.reads_outputs = getattr(make_encoder.func, "reads_outputs", False)
         self.reads_params = getattr(make_encoder.func, "reads_params", False)
@@ -72,6 +80,8 @@ class WeightReader:
             extra["n_probe"] = n_probe
         if reads_activations:  # the zoo's, maybe mixed
             extra["activations"] = tuple(self.activations)
+        if getattr(make_encoder.func, "reads_probe_inputs", False):
+            extra["probe_inputs"] = probe_inputs
         try:
             return make_encoder(self.spec, latent_dim, **extra)
         except TypeError as e:  # an option the part does not take

@@ -56,8 +56,15 @@ LOG_PREFIX = "log_"
 # Options of conf/train_autoencoder.yaml's ``model`` that belong to the autoencoder. One config
 # serves both models, so the predictor takes them; it refuses a loss it does not have and
 # ignores the rest (the decoder and the losses' own settings).
-AUTOENCODER_LOSSES = ("recon_weight", "contrastive_weight", "functional_weight")
-AUTOENCODER_OPTIONS = ("decoder", "temperature", "projection_dim", "functional_kind")
+AUTOENCODER_LOSSES = ("recon_weight", "contrastive_weight", "functional_weight", "field_weight")
+AUTOENCODER_OPTIONS = (
+    "decoder",
+    "temperature",
+    "projection_dim",
+    "functional_kind",
+    "field_hidden",
+    "detach_decoder",
+)
 
 
 def target_values(targets: Mapping[str, Tensor], target: str) -> Tensor:
@@ -119,7 +126,9 @@ class WeightPredictor(WeightReader, pl.LightningModule):
         self.spec = MLPSpec(tuple(widths), activations[0], bias)
         self.activations = list(activations)
         self.normalizer = None if normalizer is None else LayerNormalizer.from_dict(normalizer)
-        self.encoder = self._build_encoder(encoder or DEFAULT_ENCODER, latent_dim, n_probe)
+        self.encoder = self._build_encoder(
+            encoder or DEFAULT_ENCODER, latent_dim, n_probe, probe_inputs
+        )
         self.classify = classes is not None
         out = len(classes) if classes is not None else 1
         self.head = mlp_layers([latent_dim, *head, out], head_activation, dropout, True)

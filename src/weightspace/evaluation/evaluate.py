@@ -58,6 +58,7 @@ from weightspace.evaluation.splits import (
 from weightspace.features.pca import fit_pca
 from weightspace.features.spec import FeatureSpec
 from weightspace.features.statistics import layer_statistics
+from weightspace.nets.forward import forward
 from weightspace.nets.spec import MLPSpec, Params
 from weightspace.zoo.tasks import Task
 
@@ -65,8 +66,8 @@ from weightspace.zoo.tasks import Task
 # other representation, the encoder's own coordinates against the field's baselines and the
 # invariant features (is learning worth anything beyond the hand-made features?).
 COMPARED: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("latent", ("stats", "invariants", "raw", "pca", "learned")),
-    ("learned", ("stats", "invariants", "raw")),
+    ("latent", ("stats", "invariants", "raw", "pca", "learned", "probed")),
+    ("learned", ("stats", "invariants", "raw", "probed")),
 )
 
 
@@ -112,6 +113,17 @@ def _invariants(model: Any, params: Params, spec: MLPSpec) -> np.ndarray:
     return FeatureSpec(spectrum=True).compute(params, spec)
 
 
+def _outputs_at(params: Params, x: Tensor, spec: MLPSpec) -> np.ndarray:
+    """``(N, K * out)``: stacked networks' outputs on the inputs ``x (K, in)``, in float64,
+    4,096 networks at a time."""
+    n = len(next(iter(params.values())))
+    chunks = (
+        forward({k: v[a : a + 4096].double() for k, v in params.items()}, x, spec)
+        for a in range(0, n, 4096)
+    )
+    return torch.cat([c.flatten(1) for c in chunks]).numpy()
+
+
 def evaluate_autoencoder(
     model: LatentModel,
     datamodule: WeightDataModule,
@@ -119,7 +131,14 @@ def evaluate_autoencoder(
     latent_dim: int | None = None,
     *,
     targets: Sequence[str] = DEFAULT_TARGETS,
-    boosting: bool | Collection[str] = ("latent", "learned", "stats", "invariants", "pca"),
+    boosting: bool | Collection[str] = (
+        "latent",
+        "learned",
+        "stats",
+        "invariants",
+        "pca",
+        "probed",
+    ),
     density: str = "gaussian",
     top: float = 0.3,
     n_samples: int = 256,
@@ -146,8 +165,10 @@ def evaluate_autoencoder(
       reference for a latent that reads them, ``model.invariant_features(params)`` when the
       model has it, else the statistics with every weight matrix's log singular values),
       raw normalized weights ("raw") and a PCA of ``latent_dim`` components fitted on train
-      ("pca"); ``boosting`` names the representations that also get a boosting probe (raw
-      weights are too wide by default).
+      ("pca"); for an encoder with probe features (``model.encoder.probe_x``), the networks'
+      outputs on those inputs ("probed": what the encoder reads of the function directly, the
+      control for how much its latent owes the weights); ``boosting`` names the
+      representations that also get a boosting probe (raw weights are too wide by default).
     - Reconstruction (:func:`reconstruction_metrics`) of the test networks by the model and
       by the PCA, plus ``r2_normalized`` (:func:`flat_r2`) in the normalized space.
     - Generation: a ``density`` fitted to the latents of the ``top`` fraction of training
@@ -262,6 +283,10 @@ def evaluate_autoencoder(
         "raw": tuple(splits[s].weights.double().numpy() for s in order),
         "pca": tuple(pca.transform(splits[s].weights.double().numpy()) for s in order),
     }
+    probe_x = getattr(getattr(model, "encoder", None), "probe_x", None)
+    if probe_x is not None:
+        x = probe_x.detach().cpu().double()
+        reps["probed"] = tuple(_outputs_at(splits[s].params, x, spec) for s in order)
     tgt, categorical = (inr_probe_targets if inr else probe_targets)(
         [splits[s].items for s in order], targets
     )
