@@ -179,6 +179,10 @@ def test_a_detached_decoder_learns_to_decode_without_shaping_the_latent(datamodu
     assert all(p.grad is not None for p in model.encoder.parameters())
     with pytest.raises(ConfigError, match="^detach_decoder: true leaves the encoder no loss"):
         small_model(datamodule, detach_decoder=True)
+    # The best checkpoint follows the loss that shapes the latent.
+    assert model.monitor == "val/field"
+    assert small_model(datamodule, recon_weight=0.0, field_weight=1.0).monitor == "val/field"
+    assert small_model(datamodule, field_weight=1.0).monitor == "val/recon"
 
 
 def test_decode_params_runs_with_the_functional_forward(datamodule):

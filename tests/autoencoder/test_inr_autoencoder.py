@@ -118,3 +118,32 @@ def test_train_with_the_inr_preset_and_its_evaluation(zoo_path, tmp_path):
     ev = metrics["evaluation"]
     assert "recon_psnr_median" in ev.reconstruction and "audit_note" in ev.generation
     assert (tmp_path / "run" / "evaluation" / "signals.png").is_file()
+
+
+def test_field_preset_trains_the_encoder_through_the_field_alone(zoo_path, datamodule, tmp_path):
+    """experiment=autoencoder/inr_field: the graph encoder with the field decoder; the weight
+    decoder detached (its losses train it, not the latent)."""
+    overrides = [
+        f"paths.root_dir={tmp_path}",
+        f"run_dir={tmp_path / 'run'}",
+        "experiment=autoencoder/inr_field",
+        f"zoo={zoo_path}",
+        *SMALL_OVERRIDES,
+        "data.fractions=[0.5,0.25,0.25]",
+        "model.encoder.hidden=16",
+        "model.encoder.n_layers=1",
+        "model.decoder.hidden=[32]",
+        "model.field_hidden=[32]",
+        "trainer.fast_dev_run=true",
+    ]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(CONFIG_NAME, overrides=overrides)
+    assert cfg.model.encoder.kind == "graph" and cfg.model.detach_decoder
+    metrics = train(cfg)
+    assert {"train/field", "train/recon", "train/functional"} <= set(metrics)
+    # The field renders an INR's values at its coordinates from the latent.
+    model = model_for(datamodule, "graph", field_weight=1.0, field_hidden=[32], detach_decoder=True)
+    batch = next(iter(datamodule.train_dataloader()))
+    with torch.no_grad():
+        out = model.field(model.encode(batch), model.probe_inputs)
+    assert out.shape == (len(batch["member_id"]), len(model.probe_inputs), 1)

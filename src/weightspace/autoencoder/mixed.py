@@ -124,7 +124,7 @@ class MixedAutoencoder(pl.LightningModule):
 
     @property
     def monitor(self) -> str:
-        return "val/recon"
+        return self.heads[0].monitor  # the heads share their losses' settings
 
     @property
     def encoder_kind(self) -> str:

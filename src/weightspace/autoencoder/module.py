@@ -313,6 +313,17 @@ class WeightAutoencoder(WeightReader, pl.LightningModule):
             checkpoint_path, map_location, hparams_file, strict, **kwargs
         )
 
+    @property
+    def monitor(self) -> str:
+        """What the best checkpoint minimizes: the weights' reconstruction (``val/recon``),
+        unless the field alone shapes the latent (``field_weight > 0`` with a detached decoder
+        or no reconstruction loss): then ``val/field``, since the reconstruction of a decoder
+        that follows the latent says nothing about the latent."""
+        hp = self.hparams
+        if hp.field_weight > 0 and (hp.detach_decoder or hp.recon_weight == 0):
+            return "val/field"
+        return "val/recon"
+
     # ---- the public API (encoder_kind, flat_weights, denormalize, network_outputs: reader)
     def encode(self, batch_or_weights: Mapping[str, Tensor] | Tensor) -> Tensor:
         """Latents ``(..., latent)`` of a batch, or of normalized flat weights ``(..., D)``."""
