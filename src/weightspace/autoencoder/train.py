@@ -7,7 +7,7 @@ one config root every entry point shares). A run folder holds everything a run w
     <run_dir>/
       run.json              zoo path and the W&B run id (a resumed run continues that W&B run)
       config.yaml           the resolved config
-      checkpoints/          last.ckpt and best-*.ckpt (lowest ``model.monitor``: val/recon, or val/field)
+      checkpoints/          last.ckpt and best-*.ckpt (lowest ``model.monitor``)
       csv/version_N/        metrics.csv and hparams.yaml (a new version per resume)
       metrics.json          the final metrics ``train`` returns
 
