@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import compose_cfg
@@ -15,6 +16,10 @@ from weightspace.autoencoder.module import WeightAutoencoder
 from weightspace.autoencoder.supervised import WeightPredictor
 from weightspace.autoencoder.train import CONFIG_DIR, CONFIG_NAME, train
 from weightspace.data.datamodule import WeightDataModule
+from weightspace.evaluation.evaluate import evaluate_autoencoder
+from weightspace.evaluation.inr import item_signals
+from weightspace.evaluation.probes import probe_table
+from weightspace.evaluation.splits import load_split
 from weightspace.nets.forward import forward
 from weightspace.nets.layout import unflatten_params
 from weightspace.zoo.generate import generate
@@ -147,3 +152,24 @@ def test_field_preset_trains_the_encoder_through_the_field_alone(zoo_path, datam
     with torch.no_grad():
         out = model.field(model.encode(batch), model.probe_inputs)
     assert out.shape == (len(batch["member_id"]), len(model.probe_inputs), 1)
+
+
+def test_inr_evaluation_compares_the_latent_with_the_signals_themselves(datamodule, monkeypatch):
+    """On an INR zoo the evaluation also probes the signal each INR fits ("signal": the
+    ceiling of any reading of an INR) and compares the latent and learned coordinates with it."""
+    seen = {}
+
+    def spy(reps, *args, **kwargs):
+        seen.update(reps)
+        return probe_table(reps, *args, **kwargs)
+
+    monkeypatch.setattr("weightspace.evaluation.evaluate.probe_table", spy)
+    model = model_for(datamodule, "mlp")
+    res = evaluate_autoencoder(model, datamodule, n_samples=4, boosting=False)
+    test = load_split(datamodule, "test")
+    want = datamodule.task.signals[item_signals(datamodule, test.items)].flatten(1)
+    np.testing.assert_array_equal(seen["signal"][2], want.double().numpy())
+    assert "signal" in set(res["probes"].representation)
+    assert {"latent", "learned"} <= set(
+        res["comparisons"].loc[lambda c: c.baseline == "signal", "representation"]
+    )

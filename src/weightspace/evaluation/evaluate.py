@@ -41,6 +41,7 @@ from weightspace.evaluation.inr import (
     inr_probe_targets,
     inr_reconstruction_table,
     is_inr,
+    item_signals,
     signal_grid,
 )
 from weightspace.evaluation.probes import Split3, probe_table
@@ -66,8 +67,8 @@ from weightspace.zoo.tasks import Task
 # other representation, the encoder's own coordinates against the field's baselines and the
 # invariant features (is learning worth anything beyond the hand-made features?).
 COMPARED: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("latent", ("stats", "invariants", "raw", "pca", "learned", "probed")),
-    ("learned", ("stats", "invariants", "raw", "probed")),
+    ("latent", ("stats", "invariants", "raw", "pca", "learned", "probed", "signal")),
+    ("learned", ("stats", "invariants", "raw", "probed", "signal")),
 )
 
 
@@ -138,6 +139,7 @@ def evaluate_autoencoder(
         "invariants",
         "pca",
         "probed",
+        "signal",
     ),
     density: str = "gaussian",
     top: float = 0.3,
@@ -167,7 +169,8 @@ def evaluate_autoencoder(
       raw normalized weights ("raw") and a PCA of ``latent_dim`` components fitted on train
       ("pca"); for an encoder with probe features (``model.encoder.probe_x``), the networks'
       outputs on those inputs ("probed": what the encoder reads of the function directly, the
-      control for how much its latent owes the weights); ``boosting`` names the
+      control for how much its latent owes the weights); on an INR zoo, the signal each INR
+      fits ("signal": the ceiling of any reading of an INR); ``boosting`` names the
       representations that also get a boosting probe (raw weights are too wide by default).
     - Reconstruction (:func:`reconstruction_metrics`) of the test networks by the model and
       by the PCA, plus ``r2_normalized`` (:func:`flat_r2`) in the normalized space.
@@ -287,6 +290,9 @@ def evaluate_autoencoder(
     if probe_x is not None:
         x = probe_x.detach().cpu().double()
         reps["probed"] = tuple(_outputs_at(splits[s].params, x, spec) for s in order)
+    if inr:  # what the INRs were fitted to
+        signals = task.signals.flatten(1).double().numpy()
+        reps["signal"] = tuple(signals[item_signals(datamodule, splits[s].items)] for s in order)
     tgt, categorical = (inr_probe_targets if inr else probe_targets)(
         [splits[s].items for s in order], targets
     )
