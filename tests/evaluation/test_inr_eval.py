@@ -67,7 +67,7 @@ def test_probe_table_has_class_psnr_and_epoch_rows_for_every_representation(resu
     probes = results.probes
     assert set(probes["target"]) == {"signal_class", "psnr", "epoch"}  # no test_acc, lr, ...
     cls = probes[(probes["target"] == "signal_class") & (probes["metric"] == "accuracy")]
-    reps = ("latent", "learned", "stats", "invariants", "raw", "pca")
+    reps = ("latent", "learned", "stats", "invariants", "raw", "pca", "signal")  # + the signals
     assert set(cls[cls["probe"] == "logistic"]["representation"]) == set(reps)
     assert {"latent", "stats", "invariants", "pca"} <= set(
         cls[cls["probe"] == "boosting"]["representation"]

@@ -113,8 +113,9 @@ def test_learned_row_is_probed_compared_and_saved(datamodule, digits, tmp_path):
         "latent": ["stats", "invariants", "raw", "pca", "learned"],
         "learned": ["stats", "invariants", "raw"],
     }
-    # (and "probed" for an encoder with probe features: test_evaluation.py)
-    assert dict(COMPARED)["learned"] == ("stats", "invariants", "raw", "probed")
+    # (and "probed" for an encoder with probe features, "signal" on INR zoos: test_evaluation.py,
+    # test_inr_autoencoder.py)
+    assert dict(COMPARED)["learned"] == ("stats", "invariants", "raw", "probed", "signal")
     row = comp[(comp.representation == "learned") & (comp.baseline == "stats")].iloc[0]
     mine = learned[(learned.probe == "ridge") & (learned.target == row.target)]
     assert row.ours == float(mine.loc[mine.metric == "r2", "value"].iloc[0])
