@@ -17,7 +17,7 @@ from weightspace.autoencoder.supervised import WeightPredictor
 from weightspace.autoencoder.train import CONFIG_DIR, CONFIG_NAME, train
 from weightspace.data.datamodule import WeightDataModule
 from weightspace.evaluation.evaluate import evaluate_autoencoder
-from weightspace.evaluation.inr import item_signals
+from weightspace.evaluation.inr import field_psnr, item_signals
 from weightspace.evaluation.probes import probe_table
 from weightspace.evaluation.splits import load_split
 from weightspace.nets.forward import forward
@@ -133,7 +133,7 @@ def test_field_preset_trains_the_encoder_through_the_field_alone(zoo_path, datam
         f"run_dir={tmp_path / 'run'}",
         "experiment=autoencoder/inr_field",
         f"zoo={zoo_path}",
-        *SMALL_OVERRIDES,
+        *[o for o in SMALL_OVERRIDES if o != "evaluate=false"],
         "data.fractions=[0.5,0.25,0.25]",
         "model.encoder.hidden=16",
         "model.encoder.n_layers=1",
@@ -146,12 +146,20 @@ def test_field_preset_trains_the_encoder_through_the_field_alone(zoo_path, datam
     assert cfg.model.encoder.kind == "graph" and cfg.model.detach_decoder
     metrics = train(cfg)
     assert {"train/field", "train/recon", "train/functional"} <= set(metrics)
-    # The field renders an INR's values at its coordinates from the latent.
-    model = model_for(datamodule, "graph", field_weight=1.0, field_hidden=[32], detach_decoder=True)
-    batch = next(iter(datamodule.train_dataloader()))
-    with torch.no_grad():
-        out = model.field(model.encode(batch), model.probe_inputs)
-    assert out.shape == (len(batch["member_id"]), len(model.probe_inputs), 1)
+    # The evaluation renders the held-out signals with the field: their PSNR, and a figure row.
+    ev = metrics["evaluation"]
+    assert np.isfinite(ev.info["field_psnr_median"])
+    grid = ev.signals
+    assert grid["field"].shape == grid["decoded"].shape and grid["field"].std() > 0
+
+
+def test_field_psnr_is_the_renderings_psnr_against_their_own_signals(datamodule):
+    test = load_split(datamodule, "test")
+    task = datamodule.task
+    sig = torch.from_numpy(item_signals(datamodule, test.items))
+    noisy = field_psnr(test, datamodule, task, task.signals[sig] + 0.1)  # off by a known error
+    want = 10 * np.log10(task.peaks[sig].double().numpy() ** 2 / 0.01)
+    np.testing.assert_allclose(noisy["field_psnr_median"], np.median(want), rtol=1e-5)
 
 
 def test_inr_evaluation_compares_the_latent_with_the_signals_themselves(datamodule, monkeypatch):

@@ -40,6 +40,7 @@ from weightspace.evaluation.inr import (
     inr_generation,
     inr_probe_targets,
     inr_reconstruction_table,
+    field_psnr,
     is_inr,
     item_signals,
     signal_grid,
@@ -220,6 +221,12 @@ def evaluate_autoencoder(
                 for s, d in splits.items()
             }
         decoded = _apply(model.decode, z["test"], batch_size, device, "decode")
+        field, rendered = getattr(model, "field", None), None
+        if inr and field is not None:  # the field decoder renders the test signals
+            coords = task.coords.to(device)
+            rendered = _apply(
+                lambda zz: field(zz, coords).flatten(1), z["test"], batch_size, device, "field"
+            ).view(len(decoded), len(coords), -1)
         sampled, state = None, None
         if inr:
             generation, sampled = inr_generation(
@@ -325,7 +332,7 @@ def evaluate_autoencoder(
     reconstruction = table(test, {"autoencoder": decoded, "pca": pca_flat}, datamodule, spec, task)
     signals = None
     if inr:  # a few held-out signals as fitted, decoded and sampled (signals.png)
-        signals = signal_grid(test, datamodule, task, test.params, decoded, spec, sampled)
+        signals = signal_grid(test, datamodule, task, test.params, decoded, spec, sampled, rendered)
 
     info = {
         "task": task.name,
@@ -337,6 +344,8 @@ def evaluate_autoencoder(
         "categorical": sorted(categorical),
         "seed": seed,
     }
+    if rendered is not None:
+        info |= field_psnr(test, datamodule, task, rendered)
     return EvalResults(
         probes=probes,
         reconstruction=reconstruction,

@@ -47,7 +47,7 @@ from weightspace.zoo.inr import SignalTask
 
 INR_TARGETS = ("signal_class", "psnr", "epoch")
 AUDIT_NOTE = "skipped: an INR zoo (the audit scores accuracy; see sample_nearest_psnr_*)"
-GRID_ROWS = ("signal", "fitted", "decoded", "sampled")  # the figure's rows, top to bottom
+GRID_ROWS = ("signal", "fitted", "field", "decoded", "sampled")  # the figure's rows, top to bottom
 _BUDGET = 1 << 24  # activation entries per forward chunk
 
 
@@ -226,12 +226,14 @@ def signal_grid(
     decoded_flat: Tensor,
     spec: MLPSpec,
     sampled: Tensor | None,
+    field: Tensor | None = None,
     n: int = 10,
 ) -> dict[str, np.ndarray]:
     """Up to ``n`` held-out members (last checkpoints, one per class in class order first)
     as arrays for :func:`draw_signal_grid`: ``signal``, ``fitted``, ``decoded`` ``(k, N,
-    out)``, ``sampled`` ``(j, N, out)`` (the first ``n`` samples), ``classes`` ``(k,)``,
-    ``coords`` ``(N, in)``; ``original`` are ``split``'s networks (its ``params``)."""
+    out)``, ``field`` (the field decoder's rendering, from ``field`` ``(len(split), N, out)``;
+    empty without one), ``sampled`` ``(j, N, out)`` (the first ``n`` samples), ``classes``
+    ``(k,)``, ``coords`` ``(N, in)``; ``original`` are ``split``'s networks (its ``params``)."""
     last = np.flatnonzero(last_checkpoints(split.items))
     sig = item_signals(datamodule, split.items.iloc[last])
     cls = task.classes.numpy()[sig]
@@ -247,19 +249,30 @@ def signal_grid(
         "signal": task.signals[torch.from_numpy(own)].numpy(),
         "fitted": render({k: v[sel] for k, v in original.items()}, specs, task.coords).numpy(),
         "decoded": render(dec, specs, task.coords).numpy(),
+        "field": empty if field is None else field[sel].numpy(),
         "sampled": empty if sampled is None else sampled[:n].numpy(),
         "classes": task.classes.numpy()[own],
         "coords": task.coords.numpy(),
     }
 
 
+def field_psnr(
+    split: SplitData, datamodule: WeightDataModule, task: SignalTask, field: Tensor
+) -> dict[str, float]:
+    """Quartiles ``field_psnr_*`` of the field decoder's renderings ``field`` ``(len(split),
+    N, out)`` against each item's own signal: how much of the signal the latent carries."""
+    sig = item_signals(datamodule, split.items)
+    peaks = task.peaks[torch.from_numpy(sig)]
+    return quartiles(signal_psnr(field, task.member_targets(sig), peaks), "field_psnr")
+
+
 def draw_signal_grid(grid: Mapping[str, np.ndarray], title: str | None = None):
     """A figure of :func:`signal_grid`'s arrays: a row each for the signals, the INRs as
-    fitted, decoded and sampled; 2-D coordinates as images (row-major square grids), 1-D
+    fitted, the field decoder's renderings (when there are any), decoded and sampled; 2-D coordinates as images (row-major square grids), 1-D
     as curves. Returns ``(fig, axes)``."""
     import matplotlib.pyplot as plt
 
-    rows = [r for r in GRID_ROWS if len(grid[r])]
+    rows = [r for r in GRID_ROWS if len(grid.get(r, ()))]  # (grids saved before "field")
     k = max(len(grid[r]) for r in rows)
     fig, axes = plt.subplots(len(rows), k, figsize=(1.3 * k, 1.4 * len(rows)), squeeze=False)
     coords = np.asarray(grid["coords"])
