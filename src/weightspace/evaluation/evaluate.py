@@ -37,10 +37,10 @@ from weightspace.evaluation.audit import AuditInputs, AuditOptions, run_audit
 from weightspace.evaluation.compare import compare_probes
 from weightspace.evaluation.inr import (
     INR_TARGETS,
+    field_psnr,
     inr_generation,
     inr_probe_targets,
     inr_reconstruction_table,
-    field_psnr,
     is_inr,
     item_signals,
     signal_grid,
