@@ -268,8 +268,8 @@ def field_psnr(
 
 def draw_signal_grid(grid: Mapping[str, np.ndarray], title: str | None = None):
     """A figure of :func:`signal_grid`'s arrays: a row each for the signals, the INRs as
-    fitted, the field decoder's renderings (when there are any), decoded and sampled; 2-D coordinates as images (row-major square grids), 1-D
-    as curves. Returns ``(fig, axes)``."""
+    fitted, the field decoder's renderings (when there are any), decoded and sampled; 2-D
+    coordinates as images (row-major square grids), 1-D as curves. Returns ``(fig, axes)``."""
     import matplotlib.pyplot as plt
 
     rows = [r for r in GRID_ROWS if len(grid.get(r, ()))]  # (grids saved before "field")

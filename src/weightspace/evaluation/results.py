@@ -11,8 +11,9 @@ returns. :meth:`EvalResults.save` writes a folder of
 - ``audit.csv``           with a memorization audit only: a row per audited network
                           (:data:`~weightspace.evaluation.audit.POINT_COLUMNS`), and
 - ``audit.png``           its figure (:func:`~weightspace.evaluation.audit.draw_audit`)
-- ``signals.npz``         with an INR zoo only: a few held-out signals as fitted, decoded
-                          and sampled (:func:`~weightspace.evaluation.inr.signal_grid`), and
+- ``signals.npz``         with an INR zoo only: a few held-out signals as fitted, rendered by
+                          the field decoder (if any), decoded and sampled
+                          (:func:`~weightspace.evaluation.inr.signal_grid`), and
 - ``signals.png``         their figure (:func:`~weightspace.evaluation.inr.draw_signal_grid`)
 - ``results.json``        everything above but the table, plus ``info`` and ``generation``
                           (and ``audit``'s summary, with an audit; NaN / inf written as
