@@ -43,6 +43,7 @@ from weightspace.evaluation.inr import (
     inr_reconstruction_table,
     is_inr,
     item_signals,
+    render,
     signal_grid,
 )
 from weightspace.evaluation.probes import Split3, probe_table
@@ -60,7 +61,6 @@ from weightspace.evaluation.splits import (
 from weightspace.features.pca import fit_pca
 from weightspace.features.spec import FeatureSpec
 from weightspace.features.statistics import layer_statistics
-from weightspace.nets.forward import forward
 from weightspace.nets.spec import MLPSpec, Params
 from weightspace.zoo.tasks import Task
 
@@ -113,17 +113,6 @@ def _invariants(model: Any, params: Params, spec: MLPSpec) -> np.ndarray:
     if callable(features):
         return np.asarray(features(params))
     return FeatureSpec(spectrum=True).compute(params, spec)
-
-
-def _outputs_at(params: Params, x: Tensor, spec: MLPSpec) -> np.ndarray:
-    """``(N, K * out)``: stacked networks' outputs on the inputs ``x (K, in)``, in float64,
-    4,096 networks at a time."""
-    n = len(next(iter(params.values())))
-    chunks = (
-        forward({k: v[a : a + 4096].double() for k, v in params.items()}, x, spec)
-        for a in range(0, n, 4096)
-    )
-    return torch.cat([c.flatten(1) for c in chunks]).numpy()
 
 
 def evaluate_autoencoder(
@@ -295,8 +284,11 @@ def evaluate_autoencoder(
     }
     probe_x = getattr(getattr(model, "encoder", None), "probe_x", None)
     if probe_x is not None:
-        x = probe_x.detach().cpu().double()
-        reps["probed"] = tuple(_outputs_at(splits[s].params, x, spec) for s in order)
+        x = probe_x.detach().cpu()  # the outputs there, in float64
+        reps["probed"] = tuple(
+            render(splits[s].params, splits[s].specs, x, torch.float64).flatten(1).numpy()
+            for s in order
+        )
     if inr:  # what the INRs were fitted to
         signals = task.signals.flatten(1).double().numpy()
         reps["signal"] = tuple(signals[item_signals(datamodule, splits[s].items)] for s in order)

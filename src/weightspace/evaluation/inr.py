@@ -90,11 +90,18 @@ def inr_probe_targets(
 
 # --------------------------------------------------------------------------- rendering
 @torch.no_grad()
-def render(params: Params, spec: MLPSpec | Sequence[MLPSpec], coords: Tensor) -> Tensor:
-    """(M, N, out) float32: stacked INRs ``(M, ...)`` evaluated on ``coords`` (N, in)."""
-    params = {k: v.float() for k, v in params.items()}
+def render(
+    params: Params,
+    spec: MLPSpec | Sequence[MLPSpec],
+    coords: Tensor,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """(M, N, out) in ``dtype``: stacked networks ``(M, ...)`` (INRs, or any) evaluated on
+    ``coords`` (N, in), in chunks of bounded size."""
+    params = {k: v.to(dtype) for k, v in params.items()}
+    coords = coords.to(dtype)
     m = next(iter(params.values())).shape[0]
-    out = torch.empty(m, len(coords), spec_out(spec))
+    out = torch.empty(m, len(coords), spec_out(spec), dtype=dtype)
     for idx, y in forward_groups(params, coords, spec, _BUDGET):
         out[idx] = y
     return out
