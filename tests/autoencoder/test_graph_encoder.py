@@ -87,30 +87,33 @@ def test_latent_is_invariant_to_hidden_permutations(activation):
         torch.testing.assert_close(enc(moved), enc(params), **TOL)
 
 
-@pytest.mark.parametrize("activation", ["relu", "leaky_relu"])
-def test_latent_is_invariant_to_positive_rescaling_of_relu_units(activation):
+@pytest.mark.parametrize("activation, gram", [("relu", 0), ("leaky_relu", 0), ("relu", 3)])
+def test_latent_is_invariant_to_positive_rescaling_of_relu_units(activation, gram):
     spec = MLPSpec(WIDTHS, activation)
     params = random_params(spec)
     moved = permuted(spec, rescaled(spec, params, signs=False))
     assert_moved(params, moved)
     assert_same_function(spec, params, moved)
     with torch.no_grad():
-        torch.testing.assert_close(encoder(spec)(moved), encoder(spec)(params), **TOL)
+        enc = encoder(spec, gram=gram)
+        torch.testing.assert_close(enc(moved), enc(params), **TOL)
         # The invariance is the canonicalization's: without it the latent moves.
-        plain = encoder(spec, symmetry="permutation")
+        plain = encoder(spec, symmetry="permutation", gram=gram)
         assert not torch.allclose(plain(moved), plain(params), atol=1e-3)
         torch.testing.assert_close(plain(permuted(spec, params)), plain(params), **TOL)
 
 
-def test_latent_is_invariant_to_sign_flips_of_tanh_units():
+@pytest.mark.parametrize("gram", [0, 3])
+def test_latent_is_invariant_to_sign_flips_of_tanh_units(gram):
     spec = MLPSpec(WIDTHS, "tanh")
     params = random_params(spec)
     moved = permuted(spec, rescaled(spec, params, signs=True))
     assert_moved(params, moved)
     assert_same_function(spec, params, moved)
     with torch.no_grad():
-        torch.testing.assert_close(encoder(spec)(moved), encoder(spec)(params), **TOL)
-        plain = encoder(spec, symmetry="permutation")
+        enc = encoder(spec, gram=gram)
+        torch.testing.assert_close(enc(moved), enc(params), **TOL)
+        plain = encoder(spec, symmetry="permutation", gram=gram)
         assert not torch.allclose(plain(moved), plain(params), atol=1e-3)
 
 
@@ -208,6 +211,8 @@ def test_zoos_it_cannot_read_stop_before_training():
         GraphEncoder(spec, 5, activations=["relu", "tanh", "relu"])
     with pytest.raises(ConfigError, match=r"^encoder.symmetry: 'scale' \(choose auto or"):
         GraphEncoder(spec, 5, symmetry="scale")
+    with pytest.raises(ConfigError, match=r"^encoder.gram: channels of the angle readout, >= 0"):
+        GraphEncoder(spec, 5, gram=-2)
     # One symmetry for all members: canonicalized alike; or permutations only.
     assert GraphEncoder(spec, 5, activations=["relu", "leaky_relu"]).scale
     assert not GraphEncoder(spec, 5, activations=["relu", "tanh"], symmetry="permutation").scale

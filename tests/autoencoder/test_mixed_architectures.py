@@ -41,11 +41,12 @@ def pooled(spec: MLPSpec, **options) -> GraphEncoder:
     return GraphEncoder(spec, 5, readout="pooled", **{**SMALL, **options}).eval()
 
 
-@pytest.mark.parametrize("activation", ["relu", "tanh"])
-def test_one_encoder_reads_three_architectures_invariantly(activation):
+@pytest.mark.parametrize("activation, gram", [("relu", 0), ("tanh", 0), ("relu", 3)])
+def test_one_encoder_reads_three_architectures_invariantly(activation, gram):
     """The deepest architecture's encoder reads all three; each latent is unchanged (1e-5)
-    by permutations of hidden units and by relu rescaling / tanh sign flips."""
-    enc = pooled(MLPSpec(ARCHS[-1], activation))
+    by permutations of hidden units and by relu rescaling / tanh sign flips (with the angle
+    readout too: first / last / mean over any number of hidden layers)."""
+    enc = pooled(MLPSpec(ARCHS[-1], activation), gram=gram)
     latents = []
     for k, widths in enumerate(ARCHS):
         spec = MLPSpec(widths, activation)

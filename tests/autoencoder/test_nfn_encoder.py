@@ -12,13 +12,14 @@ from helpers import SMALL_OVERRIDES, quiet_trainer
 from hydra import compose, initialize_config_dir
 
 from weightspace.autoencoder import WeightAutoencoder
+from weightspace.autoencoder.blocks import GramReadout
 from weightspace.autoencoder.nfn import NFNEncoder, NPLayer
 from weightspace.autoencoder.train import CONFIG_DIR, CONFIG_NAME, train
 from weightspace.data.datamodule import WeightDataModule
 from weightspace.errors import ConfigError
 from weightspace.nets.forward import forward
 from weightspace.nets.layout import flatten_params, unflatten_params
-from weightspace.nets.spec import MLPSpec, Params, bias_name, weight_name
+from weightspace.nets.spec import MLPSpec, Params, bias_name, layers, weight_name
 from weightspace.symmetry import (
     apply_permutation,
     mlp_permutation_spec,
@@ -60,11 +61,20 @@ def unit_factors(spec: MLPSpec, n: int, gen: torch.Generator) -> dict[str, torch
     return factors
 
 
-@pytest.mark.parametrize("activation, bias", [("relu", True), ("tanh", True), ("relu", False)])
-def test_latent_is_invariant_to_the_symmetries_of_hidden_units(activation, bias):
+@pytest.mark.parametrize(
+    "activation, bias, gram",
+    [
+        ("relu", True, 0),
+        ("tanh", True, 0),
+        ("relu", False, 0),
+        ("relu", True, 4),
+        ("tanh", False, 4),
+    ],
+)
+def test_latent_is_invariant_to_the_symmetries_of_hidden_units(activation, bias, gram):
     spec = MLPSpec((7, 6, 5, 4, 3), activation, bias)
     torch.manual_seed(0)
-    encoder = NFNEncoder(spec, 8, **SMALL_NFN).eval()
+    encoder = NFNEncoder(spec, 8, **SMALL_NFN, gram=gram).eval()
     params = random_params(spec, 16)
     gen = torch.Generator().manual_seed(1)
     ps = mlp_permutation_spec(spec)
@@ -122,11 +132,51 @@ def test_np_layer_is_permutation_equivariant():
         torch.testing.assert_close(b, b_exp, rtol=1e-5, atol=1e-5)
 
 
+def test_gram_readout_is_a_mean_over_pairs_of_units():
+    """Per hidden layer, the mean of the learned map over the cosines between two distinct
+    units' incoming (row and bias) and outgoing (column) vectors; orthogonal rows give cosines
+    0, and the readout ignores the order of the units."""
+    spec = MLPSpec((6, 4, 3, 2), "relu", bias=True)
+    torch.manual_seed(0)
+    readout = GramReadout(3)
+    params = random_params(spec, 5)
+    w0 = torch.linalg.qr(torch.randn(5, 7, 4))[0].transpose(1, 2)  # 4 orthonormal rows in R^7
+    params[weight_name(0)], params[bias_name(0)] = w0[..., :6], w0[..., 6]
+    wb = list(layers(params, spec))
+    with torch.no_grad():
+        z = torch.cat(readout(wb), -1)
+        expected = []
+        for l in range(2):
+            w, b = wb[l]
+            for vecs in (torch.cat([w, b[..., None]], -1), wb[l + 1][0].transpose(1, 2)):
+                h = vecs.shape[1]
+                cos = torch.stack(
+                    [
+                        torch.nn.functional.cosine_similarity(vecs[:, i], vecs[:, j], dim=-1)
+                        for i in range(h)
+                        for j in range(h)
+                        if i != j
+                    ],
+                    1,
+                )  # (N, h (h - 1))
+                expected.append(readout.phi(cos[..., None]).mean(1))
+                if l == 0 and vecs.shape[-1] == 7:
+                    torch.testing.assert_close(cos, torch.zeros_like(cos), atol=1e-6, rtol=0)
+        torch.testing.assert_close(z, torch.cat(expected, -1), rtol=1e-5, atol=1e-6)
+        ps = mlp_permutation_spec(spec)
+        perms = random_permutations(ps, 5, torch.Generator().manual_seed(1))
+        moved = list(layers(apply_permutation(ps, perms, params), spec))
+        torch.testing.assert_close(torch.cat(readout(moved), -1), z, rtol=1e-5, atol=1e-6)
+    assert z.shape == (5, 2 * readout.out_dim) == (5, 2 * 2 * 3)
+
+
 def test_bad_options_are_config_errors():
     with pytest.raises(ConfigError, match=r"^encoder.kind: nfn needs networks with a hidden"):
         NFNEncoder(MLPSpec((4, 2)), 8)
     with pytest.raises(ConfigError, match=r"^encoder.activation: unknown 'swish'"):
         NFNEncoder(MLPSpec((4, 3, 2)), 8, activation="swish")
+    with pytest.raises(ConfigError, match=r"^encoder.gram: channels of the angle readout, >= 0"):
+        NFNEncoder(MLPSpec((4, 3, 2)), 8, gram=-1)
     # Canonicalized for the spec's one activation: a zoo mixing them is refused up front.
     with pytest.raises(ConfigError, match=r"^encoder.kind: nfn needs a zoo of one activation"):
         WeightAutoencoder(widths=(4, 3, 2), activations=["relu", "tanh"], encoder=ENCODER)

@@ -1,14 +1,16 @@
-"""Building blocks the encoders and decoders share: MLP stacks and pre-norm transformer layers."""
+"""Building blocks the encoders and decoders share: MLP stacks, pre-norm transformer layers and
+the angle readout of the symmetry-aware encoders."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from weightspace.errors import ConfigError
 
-__all__ = ["ACTIVATIONS", "mlp_layers", "transformer_layer"]
+__all__ = ["ACTIVATIONS", "GramReadout", "mlp_layers", "transformer_layer"]
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -44,3 +46,55 @@ def transformer_layer(kind: type[nn.Module], d_model: int, n_heads: int, dropout
     return kind(
         d_model, n_heads, 4 * d_model, dropout, activation="gelu", batch_first=True, norm_first=True
     )
+
+
+class GramReadout(nn.Module):
+    """How every two hidden units' weight vectors point: a second-order invariant readout.
+
+    For each hidden layer, the cosines between its units' incoming vectors (rows of
+    ``[W_l | b_l]``) and between their outgoing vectors (columns of ``W_{l+1}``): two
+    ``(N, h, h)`` matrices. Their off-diagonal entries go through a learned pointwise MLP
+    (``1 -> 16 -> channels``, an activation after each), averaged over the pairs ``i != j``.
+    Permuting the units permutes both sides of a cosine matrix alike, so the mean is
+    unchanged; a cosine is unchanged by a unit's positive scale; computed in the encoder's
+    canonical frame, the readout is invariant to relu rescaling and tanh sign flips too.
+
+    Why: the init scheme lives in these angles (an orthogonal init's rows are orthogonal,
+    random ones meet at cosines of order ``1/sqrt(fan_in)``; the spectra the invariant
+    features read are their summary). NP features are indexed by one entry ``(o, i)`` and meet
+    only through means, so a sum over a shared index of two units' weights, a Gram entry, is
+    not among what they compute.
+
+    Args:
+        channels: numbers per cosine matrix (``out_dim = 2 * channels`` per hidden layer).
+        activation: of the pointwise MLP.
+    """
+
+    def __init__(self, channels: int, activation: str = "relu"):
+        super().__init__()
+        self.phi = nn.Sequential(
+            mlp_layers([1, 16, channels], activation, 0.0, False), ACTIVATIONS[activation]()
+        )
+        self.out_dim = 2 * channels
+
+    @staticmethod
+    def cosines(x: Tensor) -> Tensor:
+        """``(N, h, d) -> (N, h, h)``: cosines between the ``h`` vectors of each network."""
+        x = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        return x @ x.transpose(1, 2)
+
+    def forward(self, wb: Sequence[tuple[Tensor, Tensor | None]]) -> list[Tensor]:
+        """Per layer ``W (N, out, in)``, ``b (N, out)`` or None -> per hidden layer
+        ``(N, out_dim)``: the incoming side's numbers, then the outgoing side's."""
+        out = []
+        for l in range(len(wb) - 1):
+            w, b = wb[l]
+            incoming = w if b is None else torch.cat([w, b[..., None]], -1)
+            sides = []
+            for g in (self.cosines(incoming), self.cosines(wb[l + 1][0].transpose(1, 2))):
+                h = g.shape[1]
+                f = self.phi(g[..., None])  # (N, h, h, C)
+                diag = f.diagonal(dim1=1, dim2=2).sum(-1)  # (N, C)
+                sides.append((f.sum((1, 2)) - diag) / max(h * (h - 1), 1))
+            out.append(torch.cat(sides, -1))
+        return out

@@ -64,7 +64,7 @@ from dataclasses import replace
 import torch
 from torch import Tensor, nn
 
-from weightspace.autoencoder.blocks import mlp_layers
+from weightspace.autoencoder.blocks import GramReadout, mlp_layers
 from weightspace.autoencoder.entry_norm import make_standardizer
 from weightspace.errors import ConfigError
 from weightspace.nets.spec import ACTIVATIONS, MLPSpec, Params, bias_name, layers, weight_name
@@ -193,6 +193,12 @@ class GraphEncoder(nn.Module):
         probe: ``K``, the number of probe inputs whose activations every node reads (0: none).
         probe_inputs: ``(>= K, in)`` inputs of the zoo's task (the model passes its probe
             inputs; the first ``K`` are kept, a buffer that travels in the state dict).
+        gram: ``C``, channels of the angle readout
+            (:class:`~weightspace.autoencoder.blocks.GramReadout`: the cosines between every
+            two hidden units' weight vectors in the canonical frame, a learned map, means over
+            the pairs; per hidden layer with ``readout=layers``, first / last / mean with
+            ``pooled``; 0: off). Message passing sums a unit's weights against its neighbours'
+            states, never two units' weights against each other.
     """
 
     reads_params = True
@@ -214,6 +220,7 @@ class GraphEncoder(nn.Module):
         readout: str = "layers",
         probe: int = 0,
         probe_inputs: Tensor | None = None,
+        gram: int = 0,
     ):
         super().__init__()
         if readout not in READOUTS:
@@ -235,6 +242,8 @@ class GraphEncoder(nn.Module):
             )
         if probe < 0:
             raise ConfigError(f"encoder.probe: {probe}, must be >= 0")
+        if gram < 0:
+            raise ConfigError(f"encoder.gram: channels of the angle readout, >= 0, got {gram}")
         if probe and len(acts) > 1:
             raise ConfigError(
                 f"encoder.probe: runs each network, and this zoo mixes {', '.join(acts)} (the "
@@ -269,10 +278,13 @@ class GraphEncoder(nn.Module):
             for k in range(n_layers)
         )
         self.norm = nn.LayerNorm(d)
+        self.gram = GramReadout(gram) if gram else None
         if readout == "layers":
             width = d * (spec.n_layers - 1) + d * spec.widths[-1] + d + c * spec.n_layers
+            width += (spec.n_layers - 1) * self.gram.out_dim if gram else 0
         else:
             width = 3 * d + d * spec.widths[-1] + d + 3 * c
+            width += 3 * self.gram.out_dim if gram else 0
         self.head = mlp_layers([width, readout_hidden, latent_dim], "gelu", 0.0, True)
 
     def spec_of(self, params: Params) -> MLPSpec:
@@ -353,7 +365,7 @@ class GraphEncoder(nn.Module):
         return torch.cat(h, 1), e
 
     def forward(self, params: Params) -> Tensor:  # {name: (N, *shape)} -> (N, latent)
-        wb = self.canonical(params)
+        wb = wb_canon = self.canonical(params)
         probed = None if self.probe_in is None else self.probe_activations(wb)
         if self.standardize is not None:
             wb = self.standardize(wb)
@@ -372,6 +384,15 @@ class GraphEncoder(nn.Module):
             hidden = _first_last_mean(hidden) if hidden else [h.new_zeros(len(h), 3 * h.shape[-1])]
             edges = _first_last_mean(edges)
         pooled = [*hidden, h[:, offsets[-2] :].flatten(1), h[:, : offsets[1]].mean(1)]  # +out, in
+        if self.gram is not None:  # the angles between hidden units, per hidden layer
+            angles = self.gram(wb_canon)
+            if self.readout == "pooled":
+                angles = (
+                    _first_last_mean(angles)
+                    if angles
+                    else [h.new_zeros(len(h), 3 * self.gram.out_dim)]
+                )
+            pooled += angles
         return self.head(torch.cat(pooled + edges, -1))
 
 

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from weightspace.autoencoder.blocks import ACTIVATIONS, mlp_layers
+from weightspace.autoencoder.blocks import ACTIVATIONS, GramReadout, mlp_layers
 from weightspace.autoencoder.entry_norm import make_standardizer
 from weightspace.errors import ConfigError
 from weightspace.nets.spec import MLPSpec, Params, layers
@@ -156,6 +156,9 @@ class NFNEncoder(nn.Module):
     - **Readout.** Means over the hidden units (every layer's full weight and bias means, the
       first layer's per-input means, the last layer's per-output means and biases: HNP
       pooling), with the log scales, through an MLP (``hidden``) to ``latent_dim``.
+    - **Angles** (``gram=C``, off by default): :class:`GramReadout`'s ``C`` numbers per
+      hidden layer and side join the readout: how the units' weight vectors point relative
+      to each other, which NP layers do not compute.
 
     Reads the networks' denormalized parameters ``{name: (N, *shape)}`` (``reads_params``).
     """
@@ -174,6 +177,7 @@ class NFNEncoder(nn.Module):
         canonical: bool = True,
         layer_norm: bool = True,
         center: str | None = None,
+        gram: int = 0,
     ):
         super().__init__()
         if spec.n_layers < 2:
@@ -189,6 +193,8 @@ class NFNEncoder(nn.Module):
             raise ConfigError(
                 f"encoder.activation: unknown '{activation}' (choose from {', '.join(ACTIVATIONS)})"
             )
+        if gram < 0:
+            raise ConfigError(f"encoder.gram: channels of the angle readout, >= 0, got {gram}")
         self.spec = spec
         self.scale = canonical and spec.activation in HOMOGENEOUS_ACTIVATIONS
         self.sign = canonical and spec.activation in ODD_ACTIVATIONS
@@ -201,6 +207,8 @@ class NFNEncoder(nn.Module):
         self.act = ACTIVATIONS[activation]()
         n_in, n_out, n = spec.widths[0], spec.widths[-1], spec.n_layers
         n_pooled = channels * (2 * n + n_in + 2 * n_out) + n  # + the log scales
+        self.gram = GramReadout(gram, activation) if gram else None
+        n_pooled += (n - 1) * self.gram.out_dim if gram else 0
         self.head = mlp_layers([n_pooled, *hidden, latent_dim], activation, 0.0, layer_norm)
 
     def canonicalize(self, params: Params) -> Params:
@@ -234,7 +242,11 @@ class NFNEncoder(nn.Module):
         return torch.cat(full + [x.flatten(1) for x in per_io], -1)
 
     def forward(self, params: Params) -> Tensor:  # {name: (N, *shape)} -> (N, latent)
-        feats, log_scales = self.features(self.canonicalize(params))
+        canon = self.canonicalize(params)
+        feats, log_scales = self.features(canon)
         for layer in self.layers:
             feats = [(self.act(w), self.act(b)) for w, b in layer(feats)]
-        return self.head(torch.cat([self.pool(feats), log_scales], -1))
+        pooled = [self.pool(feats), log_scales]
+        if self.gram is not None:
+            pooled += self.gram(list(layers(canon, self.spec)))
+        return self.head(torch.cat(pooled, -1))
