@@ -2,7 +2,7 @@
 
     python benchmarks/bench_encoders.py [--widths 64 32 32 10] [--batch 64] [--latent 8]
                                         [--repeats 15] [--threads 1] [--clock cpu|wall]
-                                        [--kinds mlp graph]
+                                        [--kinds mlp graph] [--variant nfn:gram=16 ...]
 
 One row per ``conf/encoder/<kind>.yaml`` found (its options as the config sets them), each
 built into a :class:`~weightspace.autoencoder.WeightAutoencoder` of the demo's architecture
@@ -17,6 +17,9 @@ with the MLP decoder, all on the same batch of ``--batch`` random relu networks:
   8 learned numbers followed by the 171 invariant features, spectra, products and function
   features computed on the batch): what an epoch of the demo costs per network, data loading
   aside.
+
+``--variant KIND:KEY=VALUE[,KEY=VALUE]`` adds a row: that kind's config with those options
+changed (e.g. ``nfn:gram=16``, the angle readout), named ``KIND KEY=VALUE``.
 
 Medians over ``--repeats`` (kinds interleaved), and each kind's time relative to the MLP
 encoder's (``x mlp``), as a markdown table. ``--clock cpu`` (the default) times the
@@ -33,6 +36,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 from omegaconf import OmegaConf
 
 from weightspace.autoencoder import WeightAutoencoder
@@ -47,6 +51,21 @@ def encoder_configs(kinds: list[str] | None) -> dict[str, dict]:
     paths = sorted(Path(CONF_DIR, "encoder").glob("*.yaml"), key=lambda p: (p.stem != "mlp", p))
     configs = {p.stem: OmegaConf.to_container(OmegaConf.load(p)) for p in paths}
     return {k: c for k, c in configs.items() if kinds is None or k in kinds}
+
+
+def variant_configs(configs: dict[str, dict], variants: list[str]) -> dict[str, dict]:
+    """``{"KIND KEY=VALUE": config}`` for each ``KIND:KEY=VALUE[,KEY=VALUE]`` (values YAML)."""
+    out = {}
+    for v in variants:
+        kind, _, sets = v.partition(":")
+        if kind not in configs or not sets:
+            raise SystemExit(f"--variant {v}: expected KIND:KEY=VALUE with KIND in {list(configs)}")
+        config = dict(configs[kind])
+        for item in sets.split(","):
+            key, _, value = item.partition("=")
+            config[key] = yaml.safe_load(value)
+        out[f"{kind} {sets.replace(',', ' ')}"] = config
+    return out
 
 
 def random_networks(spec: MLPSpec, n: int, seed: int = 0) -> torch.Tensor:
@@ -107,6 +126,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--clock", choices=["cpu", "wall"], default="cpu")
     ap.add_argument("--kinds", nargs="+", default=None, help="only these conf/encoder kinds")
+    ap.add_argument(
+        "--variant", action="append", default=[], help="KIND:KEY=VALUE[,KEY=VALUE]: another row"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
@@ -115,7 +137,9 @@ def main() -> None:
     batch = {"weights": flat, "member_id": torch.arange(args.batch)}
 
     models, demos, errors = {}, {}, {}
-    for kind, config in encoder_configs(args.kinds).items():
+    configs = encoder_configs(args.kinds)
+    configs.update(variant_configs(encoder_configs(None), args.variant))
+    for kind, config in configs.items():
         try:
             models[kind] = build(config, spec, args.latent, args.n_probe)
             demos[kind] = build(config, spec, args.latent, args.n_probe, demo=True)

@@ -33,3 +33,26 @@ def test_large_zoo_benchmark_streams_an_epoch(encoder, tmp_path):
     row = next(line for line in out.stdout.splitlines() if line.startswith("| 300 |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1] == "600" and float(cells[4]) > 0  # checkpoints, epoch seconds
+
+
+@pytest.mark.slow
+def test_encoder_benchmark_prints_a_row_per_kind_and_variant():
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "bench_encoders.py"),
+            *("--widths", "8", "6", "6", "3", "--batch", "4", "--repeats", "1"),
+            *("--kinds", "mlp", "nfn", "--variant", "nfn:gram=4"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "WANDB_MODE": "disabled"},
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    kinds = [row.strip("|").split("|")[0].strip() for row in rows[1:]]
+    assert kinds == ["mlp", "nfn", "nfn gram=4"]
+    # The angle readout adds parameters (its pointwise map) to the nfn encoder's.
+    params = {k: int(row.split("|")[2].replace(",", "")) for k, row in zip(kinds, rows[1:])}
+    assert params["nfn gram=4"] > params["nfn"]
