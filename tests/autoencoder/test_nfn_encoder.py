@@ -264,3 +264,26 @@ def test_train_fast_dev_run(api_zoo_path, tmp_path):
         assert key in metrics and torch.isfinite(torch.tensor(metrics[key])), key
     assert metrics["global_step"] == 1
     assert Path(metrics["run_dir"]) == tmp_path / "run"
+
+
+def test_nfn_weights_preset_trains_every_term(api_zoo_path, tmp_path):
+    """``experiment=autoencoder/nfn_weights``: angle readout, field decoder and statistics
+    head all train (on the API zoo as it is: canon=none)."""
+    overrides = [
+        "experiment=autoencoder/nfn_weights",
+        f"paths.root_dir={tmp_path}",
+        f"run_dir={tmp_path / 'run'}",
+        f"zoo={api_zoo_path}",
+        "canon=none",
+        *SMALL_OVERRIDES,
+        *(f"model.encoder.{k}={v}".replace(" ", "") for k, v in SMALL_NFN.items()),
+        "model.decoder.hidden=[64]",
+        "model.field_hidden=[32]",
+        "trainer.fast_dev_run=true",
+    ]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(CONFIG_NAME, overrides=overrides)
+    assert cfg.model.encoder.gram == 16 and cfg.model.latent_dim == 64
+    metrics = train(cfg)
+    for key in ("train/field", "train/stats", "train/functional", "train/recon", "val/recon"):
+        assert key in metrics and torch.isfinite(torch.tensor(metrics[key])), key
