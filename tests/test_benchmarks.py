@@ -14,43 +14,40 @@ import pytest
 from conftest import REPO
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("encoder", ["mlp", "graph"])
-def test_large_zoo_benchmark_streams_an_epoch(encoder, tmp_path):
+def run_benchmark(script: str, *args: str) -> str:
+    """``benchmarks/<script>`` with ``args``; its stdout (the run must succeed)."""
     out = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "benchmarks" / "bench_large_zoo.py"),
-            *("--sizes", "300", "--root", str(tmp_path), "--encoder", encoder),
-            *("--batch-size", "64"),
-        ],
+        [sys.executable, str(REPO / "benchmarks" / script), *args],
         capture_output=True,
         text=True,
         timeout=600,
         env={**os.environ, "WANDB_MODE": "disabled"},
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    row = next(line for line in out.stdout.splitlines() if line.startswith("| 300 |"))
+    return out.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("encoder", ["mlp", "graph"])
+def test_large_zoo_benchmark_streams_an_epoch(encoder, tmp_path):
+    stdout = run_benchmark(
+        "bench_large_zoo.py",
+        *("--sizes", "300", "--root", str(tmp_path), "--encoder", encoder),
+        *("--batch-size", "64"),
+    )
+    row = next(line for line in stdout.splitlines() if line.startswith("| 300 |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1] == "600" and float(cells[4]) > 0  # checkpoints, epoch seconds
 
 
 @pytest.mark.slow
 def test_encoder_benchmark_prints_a_row_per_kind_and_variant():
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "benchmarks" / "bench_encoders.py"),
-            *("--widths", "8", "6", "6", "3", "--batch", "4", "--repeats", "1"),
-            *("--kinds", "mlp", "nfn", "--variant", "nfn:gram=4"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "WANDB_MODE": "disabled"},
+    stdout = run_benchmark(
+        "bench_encoders.py",
+        *("--widths", "8", "6", "6", "3", "--batch", "4", "--repeats", "1"),
+        *("--kinds", "mlp", "nfn", "--variant", "nfn:gram=4"),
     )
-    assert out.returncode == 0, out.stderr[-2000:]
-    rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    rows = [line for line in stdout.splitlines() if line.startswith("| ") and "---" not in line]
     kinds = [row.strip("|").split("|")[0].strip() for row in rows[1:]]
     assert kinds == ["mlp", "nfn", "nfn gram=4"]
     # The angle readout adds parameters (its pointwise map) to the nfn encoder's.
