@@ -65,6 +65,9 @@ class GramReadout(nn.Module):
     only through means, so a sum over a shared index of two units' weights, a Gram entry, is
     not among what they compute.
 
+    Memory: ``N x h^2 x 16`` numbers per hidden layer and side, held for the backward pass —
+    nothing at the demo's widths, gigabytes at ``h`` in the thousands.
+
     Args:
         channels: numbers per cosine matrix (``out_dim = 2 * channels`` per hidden layer).
         activation: of the pointwise MLP.
