@@ -13,6 +13,9 @@ One module per question, each holding its measures' orchestration, figures and p
    maps of every checkpoint's latent, training trajectories, the run's probe table (figures
    in :mod:`.latent_figures`, on :mod:`weightspace.autoencoder.run`).
 
+Beside them, :mod:`.feature_families` (``scripts/probe_features.py``): which families of weight
+features tell a hyperparameter apart, and which survive the function-preserving symmetries.
+
 Shared by them: :mod:`.measures` (the numbers, on stacked parameters), :mod:`.cohort`
 (members of a zoo analysed together), :mod:`.plotting` (the figure style and drawing
 helpers), :mod:`.question` (inputs, a section opened or skipped, number formatting).
