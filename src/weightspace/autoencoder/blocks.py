@@ -59,11 +59,12 @@ class GramReadout(nn.Module):
     unchanged; a cosine is unchanged by a unit's positive scale; computed in the encoder's
     canonical frame, the readout is invariant to relu rescaling and tanh sign flips too.
 
-    Why: the init scheme lives in these angles (an orthogonal init's rows are orthogonal,
-    random ones meet at cosines of order ``1/sqrt(fan_in)``; the spectra the invariant
-    features read are their summary). NP features are indexed by one entry ``(o, i)`` and meet
-    only through means, so a sum over a shared index of two units' weights, a Gram entry, is
-    not among what they compute.
+    Why: part of what tells init schemes apart lives in these angles (an orthogonal init's
+    rows are orthogonal, random ones meet at cosines of order ``1/sqrt(fan_in)``; the spectra
+    the invariant features read summarize them). NP features are indexed by one entry
+    ``(o, i)`` and meet only through means, so a sum over a shared index of two units'
+    weights, a Gram entry, is not among what they compute, nor any function of it pair by
+    pair.
 
     Memory: ``N x h^2 x 16`` numbers per hidden layer and side, held for the backward pass —
     nothing at the demo's widths, gigabytes at ``h`` in the thousands.

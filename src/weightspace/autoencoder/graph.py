@@ -197,8 +197,9 @@ class GraphEncoder(nn.Module):
             (:class:`~weightspace.autoencoder.blocks.GramReadout`: the cosines between every
             two hidden units' weight vectors in the canonical frame, a learned map, means over
             the pairs; per hidden layer with ``readout=layers``, first / last / mean with
-            ``pooled``; 0: off). Message passing sums a unit's weights against its neighbours'
-            states, never two units' weights against each other.
+            ``pooled``; 0: off). Message passing meets two units' weights only two hops
+            apart and summed against every unit's state; the readout gives each pair's
+            angle directly.
     """
 
     reads_params = True
