@@ -71,6 +71,8 @@ def test_probe_table_over_the_zoo_and_its_errors(api_zoo_path):
     assert table.set_index("family").loc["stats", "features"] == 16 * zoo.spec.n_layers
     with pytest.raises(ConfigError, match=r"^--target: 'nope' is not a column of .*members"):
         probe_families(zoo, "nope")
+    with pytest.raises(ConfigError, match=r"^--folds: 1, must be in \[2, 12\]"):
+        probe_families(zoo, "lr", folds=1)
     with pytest.raises(ConfigError, match=r"^--epochs: .* has no checkpoint at epoch\(s\) \[7\]"):
         probe_families(zoo, "lr", epochs=[7])
 

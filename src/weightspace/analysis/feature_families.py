@@ -124,6 +124,8 @@ def probe_families(
     from sklearn.preprocessing import StandardScaler
 
     members = zoo.members
+    if not 2 <= folds <= len(members):
+        raise ConfigError(f"--folds: {folds}, must be in [2, {len(members)}] (the zoo's members)")
     if target not in members.columns:
         raise ConfigError(
             f"--target: '{target}' is not a column of {zoo.root}/members "
