@@ -70,12 +70,9 @@ def _quantiles(x: Tensor) -> Tensor:
 
 def balance(params: Params, spec: MLPSpec) -> Tensor:
     """Per hidden layer, quantiles over its units of ``log(|incoming| / |outgoing|)``."""
-    wb = list(layers(params, spec))
     out = []
-    for l in range(len(wb) - 1):
-        w, b = wb[l]
-        incoming = w if b is None else torch.cat([w, b[..., None]], -1)
-        ratio = incoming.norm(dim=-1) / wb[l + 1][0].norm(dim=1)
+    for incoming, outgoing in GramReadout.unit_vectors(list(layers(params, spec))):
+        ratio = incoming.norm(dim=-1) / outgoing.norm(dim=-1)
         out.append(_quantiles(ratio.clamp_min(1e-12).log()))
     return torch.cat(out, 1)
 
@@ -83,12 +80,9 @@ def balance(params: Params, spec: MLPSpec) -> Tensor:
 def angles(params: Params, spec: MLPSpec) -> Tensor:
     """Per hidden layer and side, quantiles of ``|cos|`` between two distinct units' weight
     vectors, and the log of their mean square."""
-    wb = list(layers(params, spec))
     out = []
-    for l in range(len(wb) - 1):
-        w, b = wb[l]
-        incoming = w if b is None else torch.cat([w, b[..., None]], -1)
-        for vecs in (incoming, wb[l + 1][0].transpose(1, 2)):
+    for sides in GramReadout.unit_vectors(list(layers(params, spec))):
+        for vecs in sides:
             g = GramReadout.cosines(vecs)
             off = g[:, ~torch.eye(g.shape[1], dtype=torch.bool)]
             out += [_quantiles(off.abs()), off.square().mean(1, keepdim=True).log()]

@@ -87,15 +87,25 @@ class GramReadout(nn.Module):
         x = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         return x @ x.transpose(1, 2)
 
-    def forward(self, wb: Sequence[tuple[Tensor, Tensor | None]]) -> list[Tensor]:
-        """Per layer ``W (N, out, in)``, ``b (N, out)`` or None -> per hidden layer
-        ``(N, out_dim)``: the incoming side's numbers, then the outgoing side's."""
+    @staticmethod
+    def unit_vectors(wb: Sequence[tuple[Tensor, Tensor | None]]) -> list[tuple[Tensor, Tensor]]:
+        """Per hidden layer, its units' incoming vectors ``[W_l | b_l]`` ``(N, h, in + 1)``
+        (``in`` without a bias) and outgoing vectors, the columns of ``W_{l+1}``
+        ``(N, h, out)``."""
         out = []
         for l in range(len(wb) - 1):
             w, b = wb[l]
             incoming = w if b is None else torch.cat([w, b[..., None]], -1)
+            out.append((incoming, wb[l + 1][0].transpose(1, 2)))
+        return out
+
+    def forward(self, wb: Sequence[tuple[Tensor, Tensor | None]]) -> list[Tensor]:
+        """Per layer ``W (N, out, in)``, ``b (N, out)`` or None -> per hidden layer
+        ``(N, out_dim)``: the incoming side's numbers, then the outgoing side's."""
+        out = []
+        for incoming, outgoing in self.unit_vectors(wb):
             sides = []
-            for g in (self.cosines(incoming), self.cosines(wb[l + 1][0].transpose(1, 2))):
+            for g in (self.cosines(incoming), self.cosines(outgoing)):
                 h = g.shape[1]
                 f = self.phi(g[..., None])  # (N, h, h, C)
                 diag = f.diagonal(dim1=1, dim2=2).sum(-1)  # (N, C)
