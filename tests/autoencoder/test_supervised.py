@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from conftest import compose_cfg
@@ -165,6 +166,19 @@ def test_bad_options_are_one_line_config_errors(datamodule):
         small_model(datamodule, features={"input": "concat"})
     with pytest.raises(ConfigError, match=r"^scheduler"):
         small_model(datamodule, scheduler="step")
+    with pytest.raises(ConfigError, match=r"^model.select: 'accuracy' \(choose loss or score\)$"):
+        small_model(datamodule, select="accuracy")
+
+
+def test_select_names_the_metric_and_its_direction(datamodule):
+    assert (small_model(datamodule).monitor, small_model(datamodule).monitor_mode) == (
+        "val/loss",
+        "min",
+    )
+    regress = small_model(datamodule, select="score")
+    classify = small_model(datamodule, target="init", select="score")
+    assert (regress.monitor, regress.monitor_mode) == ("val/r2", "max")
+    assert (classify.monitor, classify.monitor_mode) == ("val/accuracy", "max")
 
 
 # --------------------------------------------------------------------------- train(cfg)
@@ -189,6 +203,25 @@ def test_train_selects_checkpoints_on_val_loss_and_they_reload(zoo_path, tmp_pat
     assert best and Path(best).name.startswith("best-")
     model = WeightPredictor.load_from_checkpoint(best, strict=True)
     assert model.hparams.target == "init" and model.hparams.latent_dim == 8
+
+
+@pytest.mark.parametrize(("select", "metric"), [("loss", "val/loss"), ("score", "val/accuracy")])
+def test_train_keeps_the_checkpoint_best_on_the_selected_metric(select, metric, zoo_path, tmp_path):
+    cfg = sup_cfg(
+        tmp_path,
+        zoo_path,
+        "model.target=init",
+        "trainer.max_epochs=5",
+        "model.latent_dim=8",
+        f"model.select={select}",
+    )
+    metrics = train(cfg)
+    log = pd.read_csv(Path(metrics["run_dir"]) / "csv" / "version_0" / "metrics.csv")
+    val = log.dropna(subset=[metric]).reset_index(drop=True)
+    assert len(val) == 5
+    values = val[metric] if select == "loss" else -val[metric]  # lowest loss, highest score
+    best_epoch = int(val["epoch"][values.idxmin()])  # the first of ties, as the callback keeps
+    assert Path(metrics["best_checkpoint"]).name.startswith(f"best-{best_epoch:03d}-")
 
 
 def test_train_with_a_bad_target_is_a_one_line_config_error(zoo_path, tmp_path):

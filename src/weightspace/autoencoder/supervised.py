@@ -18,8 +18,11 @@ as the autoencoder's (``conf/encoder/<kind>.yaml``, built and fed by
   names in :attr:`WeightDataModule.categories`) are classified with cross-entropy.
 - Metrics per split: ``loss``, and ``r2`` (over the whole epoch, affine-invariant, so the same
   on the standardized scale) and ``mae`` (in the target's units) for regression, ``accuracy``
-  for classification. Checkpoints are selected on ``val/loss`` (:attr:`WeightPredictor.monitor`,
-  read by :func:`weightspace.autoencoder.train.train`).
+  for classification. Checkpoints are selected on ``val/loss`` (lowest), or with
+  ``select=score`` on the held-out score (highest ``val/accuracy`` for classification, ``val/r2``
+  for regression: what the field's papers report; a classifier's validation loss can rise
+  while its accuracy still climbs) — :attr:`WeightPredictor.monitor` / ``monitor_mode``, read
+  by :func:`weightspace.autoencoder.train.train`.
 
 Every hyperparameter is a plain value (the target's statistics and class names included), so
 ``WeightPredictor.load_from_checkpoint(path)`` rebuilds the model alone. Train it with
@@ -65,6 +68,7 @@ AUTOENCODER_OPTIONS = (
     "field_hidden",
     "detach_decoder",
 )
+SELECT = ("loss", "score")
 
 
 def target_values(targets: Mapping[str, Tensor], target: str) -> Tensor:
@@ -88,10 +92,9 @@ class WeightPredictor(WeightReader, pl.LightningModule):
         target_mean, target_std: the float target's training-split mean and std.
         head: hidden sizes of the head (``[]``: one linear layer).
         head_activation, dropout: the head's activation and dropout (layer norm between).
+        select: which checkpoint is best: ``loss`` (lowest ``val/loss``) or ``score``
+            (highest ``val/accuracy``, or ``val/r2`` for a float target).
     """
-
-    #: the metric checkpoints are selected on (lowest), read by ``train(cfg)``.
-    monitor = "val/loss"
 
     def __init__(
         self,
@@ -114,9 +117,12 @@ class WeightPredictor(WeightReader, pl.LightningModule):
         scheduler: str | None = "cosine",
         warmup_steps: int = 0,
         probe_inputs: Tensor | None = None,
+        select: str = "loss",
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["probe_inputs"])
+        if select not in SELECT:
+            raise ConfigError(f"model.select: '{select}' (choose {' or '.join(SELECT)})")
         if scheduler not in SCHEDULERS:
             raise ConfigError(f"scheduler: '{scheduler}' (choose null or cosine)")
         if classes is not None and len(classes) < 2:
@@ -199,6 +205,18 @@ class WeightPredictor(WeightReader, pl.LightningModule):
             probe_inputs=probe,
             **hparams,
         )
+
+    @property
+    def monitor(self) -> str:
+        """The metric checkpoints are selected on (``select``; read by ``train(cfg)``)."""
+        if self.hparams.get("select", "loss") == "loss":
+            return "val/loss"
+        return "val/accuracy" if self.classify else "val/r2"
+
+    @property
+    def monitor_mode(self) -> str:
+        """``min`` for the loss, ``max`` for a score."""
+        return "min" if self.monitor == "val/loss" else "max"
 
     # ---- the public API
     def encode(self, batch_or_weights: Mapping[str, Tensor] | Tensor) -> Tensor:

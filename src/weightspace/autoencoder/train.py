@@ -7,7 +7,7 @@ one config root every entry point shares). A run folder holds everything a run w
     <run_dir>/
       run.json              zoo path and the W&B run id (a resumed run continues that W&B run)
       config.yaml           the resolved config
-      checkpoints/          last.ckpt and best-*.ckpt (lowest ``model.monitor``)
+      checkpoints/          last.ckpt and best-*.ckpt (best ``model.monitor``)
       csv/version_N/        metrics.csv and hparams.yaml (a new version per resume)
       metrics.json          the final metrics ``train`` returns
 
@@ -277,8 +277,9 @@ def _log_checkpoint(logger: WandbLogger, metrics: dict[str, Any], record: dict[s
         log_reference(run, best, f"checkpoint-{record['wandb_id']}", "model", meta)
 
 
-def build_callbacks(run_dir: Path, monitor: str = "val/recon") -> list[Callback]:
-    """The best checkpoint (lowest ``monitor``: ``best-*.ckpt``) and the last one
+def build_callbacks(run_dir: Path, monitor: str = "val/recon", mode: str = "min") -> list[Callback]:
+    """The best checkpoint (lowest ``monitor``, highest with ``mode="max"``: ``best-*.ckpt``)
+    and the last one
     (``last.ckpt``, rewritten every epoch: what a resume starts from).
 
     ``save_last=True`` alone is not enough: since Lightning 2.6 it rewrites ``last.ckpt`` only
@@ -290,7 +291,7 @@ def build_callbacks(run_dir: Path, monitor: str = "val/recon") -> list[Callback]
         dirpath=folder,
         filename="best-{epoch:03d}-{step}",
         monitor=monitor,
-        mode="min",
+        mode=mode,
         save_top_k=1,
         save_last=True,  # also at the end of training (a fast_dev_run's only checkpoint)
         auto_insert_metric_name=False,
@@ -378,7 +379,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     _write_run_files(run_dir, record, cfg)
     loggers = build_loggers(cfg, run_dir, record["wandb_id"])
     # A model that logs no val/recon (the supervised WeightPredictor) names its own metric.
-    callbacks = build_callbacks(run_dir, getattr(model, "monitor", "val/recon"))
+    callbacks = build_callbacks(
+        run_dir, getattr(model, "monitor", "val/recon"), getattr(model, "monitor_mode", "min")
+    )
     # Extra callbacks from the config: {name: {_target_: ...}} (e.g. a test's data recorder).
     callbacks += [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     wandb_logger = _wandb_logger(loggers)
