@@ -96,6 +96,11 @@ BAD = {
             "",
         ),
         (["zoo=z", "model.decoder.dropout=2"], "model.decoder.dropout", "< 1"),
+        (
+            ["zoo=z", "encoder=nfn", "model.encoder.canonical=scale"],
+            "model.encoder.canonical",
+            "true or false or one of sign",
+        ),
     ],
     "analyze": [
         (["zoo=z", "name=../x"], "name", "stay under paths.root_dir"),
@@ -163,6 +168,17 @@ def test_defaults_presets_and_debug_fast_pass_validation(entry, tmp_path):
     for option in [None, "debug=fast", *extra]:
         overrides = [*base.get(entry, []), *([option] if option else [])]
         validate(_compose(entry, tmp_path, *overrides), entry)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["encoder=nfn", "model.encoder.canonical=sign"],
+        ["encoder=graph", "model.encoder.symmetry=sign"],
+    ],
+)
+def test_the_sign_only_frame_passes_validation(overrides, tmp_path):
+    validate(_compose("train_autoencoder", tmp_path, "zoo=z", *overrides), "train_autoencoder")
 
 
 def test_debug_fast_shrinks_every_entry_point(tmp_path):

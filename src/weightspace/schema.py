@@ -227,7 +227,8 @@ PART_KEYS: dict[str, Check] = {
             "n_latent_tokens",
         )
     },
-    **{k: BOOL for k in ("layer_norm", "io_embed", "canonical", "position_embedding")},
+    **{k: BOOL for k in ("layer_norm", "io_embed", "position_embedding")},
+    "canonical": BOOL | choice("sign"),
 }
 
 TRAIN_AUTOENCODER: dict[str, Check] = {

@@ -103,6 +103,22 @@ def test_latent_is_invariant_to_positive_rescaling_of_relu_units(activation, gra
         torch.testing.assert_close(plain(permuted(spec, params)), plain(params), **TOL)
 
 
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_symmetry_sign_keeps_permutations_and_sign_flips_not_relu_scales(activation):
+    spec = MLPSpec(WIDTHS, activation)
+    params = random_params(spec)
+    tanh = activation == "tanh"
+    moved = permuted(spec, rescaled(spec, params, signs=tanh))
+    with torch.no_grad():
+        enc = encoder(spec, symmetry="sign", gram=3)
+        torch.testing.assert_close(enc(permuted(spec, params)), enc(params), **TOL)
+        if tanh:
+            torch.testing.assert_close(enc(moved), enc(params), **TOL)
+        else:
+            assert not torch.allclose(enc(moved), enc(params), atol=1e-3)
+    assert (enc.scale, enc.sign) == (False, tanh)
+
+
 @pytest.mark.parametrize("gram", [0, 3])
 def test_latent_is_invariant_to_sign_flips_of_tanh_units(gram):
     spec = MLPSpec(WIDTHS, "tanh")
@@ -209,7 +225,12 @@ def test_zoos_it_cannot_read_stop_before_training():
         ConfigError, match=r"^encoder.symmetry: auto cannot canonicalize a zoo mixing relu, tanh"
     ):
         GraphEncoder(spec, 5, activations=["relu", "tanh", "relu"])
-    with pytest.raises(ConfigError, match=r"^encoder.symmetry: 'scale' \(choose auto or"):
+    with pytest.raises(
+        ConfigError, match=r"^encoder.symmetry: sign cannot canonicalize .* relu, tanh"
+    ):
+        GraphEncoder(spec, 5, activations=["relu", "tanh"], symmetry="sign")
+    assert not GraphEncoder(spec, 5, activations=["relu", "gelu"], symmetry="sign").sign
+    with pytest.raises(ConfigError, match=r"^encoder.symmetry: 'scale' \(choose auto, sign or"):
         GraphEncoder(spec, 5, symmetry="scale")
     with pytest.raises(ConfigError, match=r"^encoder.gram: channels of the angle readout, >= 0"):
         GraphEncoder(spec, 5, gram=-2)

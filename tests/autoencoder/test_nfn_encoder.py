@@ -99,6 +99,29 @@ def test_latent_is_invariant_to_the_symmetries_of_hidden_units(activation, bias,
         assert (encoder({k: v.roll(1, 0) for k, v in params.items()}) - z).abs().amax() > 1e-3
 
 
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_canonical_sign_keeps_permutations_and_sign_flips_not_relu_scales(activation):
+    """canonical="sign": invariant to permutations and (tanh) sign flips, as the default; a
+    relu unit's scale is read as trained, so rescaling moves the latent."""
+    spec = MLPSpec((7, 6, 5, 4, 3), activation)
+    torch.manual_seed(0)
+    encoder = NFNEncoder(spec, 8, **SMALL_NFN, gram=4, canonical="sign").eval()
+    params = random_params(spec, 16)
+    gen = torch.Generator().manual_seed(1)
+    ps = mlp_permutation_spec(spec)
+    moved = rescale_units(params, spec, unit_factors(spec, 16, gen))
+    permuted = apply_permutation(ps, random_permutations(ps, 16, gen), params)
+    with torch.no_grad():
+        z = encoder(params)
+        torch.testing.assert_close(encoder(permuted), z, rtol=1e-5, atol=1e-5)
+        if activation == "tanh":  # sign flips: canonicalized, as canonical=True does
+            torch.testing.assert_close(encoder(moved), z, rtol=1e-5, atol=1e-5)
+        else:  # every member's scales changed: every latent moves
+            assert (encoder(moved) - z).abs().amax(-1).min() > 1e-3
+    with pytest.raises(ConfigError, match=r"^encoder.canonical: 'scale' \(choose true, false"):
+        NFNEncoder(spec, 8, canonical="scale")
+
+
 def permute_features(feats: list, perms: list[torch.Tensor]) -> list:
     """Hidden units of layer l reordered by ``perms[l]`` (N, n): rows of W_l and b_l,
     columns of W_{l+1}; features channels last."""

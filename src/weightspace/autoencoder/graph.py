@@ -40,6 +40,8 @@ architectures (:mod:`~weightspace.autoencoder.mixed`), each call one architectur
   tanh) cannot be canonicalized per member here (the encoder does not see which member has
   which activation): ``ConfigError`` naming ``encoder.symmetry``, unless
   ``symmetry="permutation"`` (no canonicalization: permutation-invariant only).
+  ``symmetry="sign"`` canonicalizes sign flips only and leaves relu units' scales as trained
+  (they carry the init: :class:`~weightspace.autoencoder.nfn.NFNEncoder`).
 
 **Probe features** (Neural Graphs' "probe features"; ``probe=K``, off by default): each
 node also reads what its neuron computes on ``K`` fixed inputs of the zoo's task (the model's
@@ -76,7 +78,7 @@ from weightspace.symmetry import (
 
 __all__ = ["GraphEncoder", "MessagePassing"]
 
-SYMMETRIES = ("auto", "permutation")
+SYMMETRIES = ("auto", "sign", "permutation")
 READOUTS = ("layers", "pooled")
 INPUT, HIDDEN, OUTPUT = 0, 1, 2  # node types
 
@@ -178,7 +180,10 @@ class GraphEncoder(nn.Module):
         n_layers: message-passing steps.
         readout_hidden: width of the MLP from the pooled graph to the latent.
         symmetry: ``auto`` (canonical scale / signs where the zoo's activations allow, then
-            permutation-invariant message passing) or ``permutation`` (no canonicalization).
+            permutation-invariant message passing), ``sign`` (canonical signs only: relu
+            units' scales stay as trained, where the init and the training leave their mark;
+            :class:`~weightspace.autoencoder.nfn.NFNEncoder`'s ``canonical="sign"``) or
+            ``permutation`` (no canonicalization).
         center: ``None`` (the default) or ``entry``: each entry standardized by its running
             mean and std over the training members after canonicalizing
             (:mod:`~weightspace.autoencoder.entry_norm`; for zoos of one shared init: it fixes
@@ -232,12 +237,17 @@ class GraphEncoder(nn.Module):
                 "readout=pooled reads several: set encoder.center=null"
             )
         if symmetry not in SYMMETRIES:
-            raise ConfigError(f"encoder.symmetry: '{symmetry}' (choose auto or permutation)")
+            raise ConfigError(
+                f"encoder.symmetry: '{symmetry}' (choose {', '.join(SYMMETRIES[:-1])} or "
+                f"{SYMMETRIES[-1]})"
+            )
         acts = list(dict.fromkeys(activations or [spec.activation]))
         kinds = {unit_symmetries(a) for a in acts}
-        if symmetry == "auto" and len(kinds) > 1:
+        if symmetry == "sign":
+            kinds = {(False, sign) for _, sign in kinds}
+        if symmetry != "permutation" and len(kinds) > 1:
             raise ConfigError(
-                f"encoder.symmetry: auto cannot canonicalize a zoo mixing {', '.join(acts)} "
+                f"encoder.symmetry: {symmetry} cannot canonicalize a zoo mixing {', '.join(acts)} "
                 "(their units have different scale / sign symmetries); use one activation per "
                 "zoo, or encoder.symmetry=permutation (invariant to permutations only)"
             )
@@ -257,7 +267,7 @@ class GraphEncoder(nn.Module):
             )
         self.spec = spec
         self.readout = readout
-        self.scale, self.sign = kinds.pop() if symmetry == "auto" else (False, False)
+        self.scale, self.sign = (False, False) if symmetry == "permutation" else kinds.pop()
         self.canon_spec = replace(spec, activation=acts[0])  # one symmetry kind: acts[0]'s
         self.standardize = make_standardizer(center, spec.layer_shapes(), spec.bias)
         d, c = hidden, edge_dim

@@ -141,7 +141,12 @@ class NFNEncoder(nn.Module):
       leaky_relu, identity; :func:`~weightspace.symmetry.canonical_signs`: positive incoming
       sum for tanh, identity); both are unchanged by permutations, so the latent is invariant
       to positive rescaling (relu) and sign flips (tanh) of units as well. Units are not
-      sorted: the layers need no order. ``canonical=False`` skips this (permutations only).
+      sorted: the layers need no order. ``canonical=False`` skips this (permutations only);
+      ``canonical="sign"`` canonicalizes sign flips only (tanh) and leaves relu units' scales as
+      trained: a zoo's distribution is unchanged by permutations and sign flips of its
+      members' units (their inits are), not by rescaling them — gradient flow keeps each relu
+      unit's balance ‖incoming‖² − ‖outgoing‖² from its init (Du et al. 2018), so the scales
+      carry the init and the training, and an encoder invariant to rescaling cannot read them.
     - **Input scale.** Each network's layer ``l`` (weights and bias together) is divided by
       its own root mean square: one number per network and layer, unchanged by permutations
       of its units, so zoo members whose scales differ by orders of magnitude (a constant
@@ -174,7 +179,7 @@ class NFNEncoder(nn.Module):
         hidden: Sequence[int] = (256,),
         activation: str = "relu",
         io_embed: bool = True,
-        canonical: bool = True,
+        canonical: bool | str = True,
         layer_norm: bool = True,
         center: str | None = None,
         gram: int = 0,
@@ -195,9 +200,11 @@ class NFNEncoder(nn.Module):
             )
         if gram < 0:
             raise ConfigError(f"encoder.gram: channels of the angle readout, >= 0, got {gram}")
+        if canonical not in (True, False, "sign"):
+            raise ConfigError(f"encoder.canonical: {canonical!r} (choose true, false or sign)")
         self.spec = spec
-        self.scale = canonical and spec.activation in HOMOGENEOUS_ACTIVATIONS
-        self.sign = canonical and spec.activation in ODD_ACTIVATIONS
+        self.scale = canonical is True and spec.activation in HOMOGENEOUS_ACTIVATIONS
+        self.sign = bool(canonical) and spec.activation in ODD_ACTIVATIONS
         shapes = spec.layer_shapes()
         self.standardize = make_standardizer(center, shapes, spec.bias)
         sizes = [1] + [channels] * n_layers
