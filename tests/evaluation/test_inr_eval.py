@@ -67,7 +67,9 @@ def test_probe_table_has_class_psnr_and_epoch_rows_for_every_representation(resu
     probes = results.probes
     assert set(probes["target"]) == {"signal_class", "psnr", "epoch"}  # no test_acc, lr, ...
     cls = probes[(probes["target"] == "signal_class") & (probes["metric"] == "accuracy")]
-    reps = ("latent", "learned", "stats", "invariants", "raw", "pca", "signal")  # + the signals
+    # + the signals, and the learned numbers beside the invariant features (the latent is the
+    # learned numbers alone here)
+    reps = ("latent", "learned", "stats", "invariants", "combined", "raw", "pca", "signal")
     assert set(cls[cls["probe"] == "logistic"]["representation"]) == set(reps)
     assert {"latent", "stats", "invariants", "pca"} <= set(
         cls[cls["probe"] == "boosting"]["representation"]

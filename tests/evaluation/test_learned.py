@@ -15,7 +15,7 @@ from weightspace.autoencoder import WeightAutoencoder
 from weightspace.data.datamodule import WeightDataModule
 from weightspace.evaluation import evaluate_autoencoder
 from weightspace.evaluation.compare import COMPARISON_COLUMNS, compare_probes
-from weightspace.evaluation.evaluate import COMPARED
+from weightspace.evaluation.evaluate import COMPARED, combined_representation
 from weightspace.evaluation.results import EvalResults
 from weightspace.evaluation.splits import load_split
 from weightspace.evaluation.tables import format_comparisons
@@ -178,6 +178,28 @@ def test_learned_row_of_an_autoencoder(datamodule, digits, features):
         assert not np.allclose(lin.loc[ok, "value"], latent.loc[lin.index[ok], "value"])
     learned_vs = comp[comp.representation == "learned"]
     assert set(learned_vs["baseline"]) == {"stats", "invariants", "raw"}
+    # The learned coordinates beside the invariant features: what a concatenating latent is
+    # already, so only a latent of the learned numbers alone gets the row.
+    reps = set(res.probes["representation"])
+    assert ("combined" in reps) == (features is None)
+    if features is None:
+        combined = comp[comp.representation == "combined"]
+        assert list(dict.fromkeys(combined["baseline"])) == ["stats", "invariants"]
+        assert combined["ours"].notna().any()
+
+
+def test_combined_is_the_learned_coordinates_beside_the_invariant_features():
+    rng = np.random.default_rng(0)
+    split = lambda width: tuple(rng.normal(size=(n, width)) for n in (6, 3, 4))  # noqa: E731
+    learned, invariants = split(2), split(5)
+    reps = {"latent": learned, "learned": learned, "invariants": invariants}
+    (name, got), *more = combined_representation(reps).items()
+    assert name == "combined" and not more
+    for part, a, b in zip(got, learned, invariants):
+        np.testing.assert_array_equal(part, np.concatenate([a, b], 1))
+    # A latent that carries more than the learned numbers, or none learned: nothing added.
+    assert combined_representation({**reps, "latent": split(7)}) == {}
+    assert combined_representation({"latent": learned, "invariants": invariants}) == {}
 
 
 def test_compare_probes_baselines_keep_the_resamples():

@@ -508,7 +508,9 @@ def _against_best_baseline(table: pd.DataFrame, ours: str) -> list[str]:
                 c[: -len(kind) - 1]: float(row[c])
                 for c in table.columns
                 if c.endswith(f" {kind}")
-                and not c.startswith(("latent", "learned", "invariants", "stats+spectra"))
+                and not c.startswith(
+                    ("latent", "learned", "combined", "invariants", "stats+spectra")
+                )
                 and _is_float(row[c])
             }
             if base:

@@ -70,6 +70,7 @@ from weightspace.zoo.tasks import Task
 COMPARED: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("latent", ("stats", "invariants", "raw", "pca", "learned", "probed", "signal")),
     ("learned", ("stats", "invariants", "raw", "probed", "signal")),
+    ("combined", ("stats", "invariants")),
 )
 
 
@@ -115,6 +116,18 @@ def _invariants(model: Any, params: Params, spec: MLPSpec) -> np.ndarray:
     return FeatureSpec(spectrum=True).compute(params, spec)
 
 
+def combined_representation(reps: dict[str, Split3]) -> dict[str, Split3]:
+    """``{"combined": learned beside invariants}`` when the latent is the learned coordinates
+    alone (as wide as them), else ``{}``: a latent that concatenates the invariant features is
+    this by construction, so every model answers the same question — do the learned numbers
+    add to the hand-made features?"""
+    learned, latent = reps.get("learned"), reps["latent"]
+    if learned is None or learned[0].shape[1] != latent[0].shape[1]:
+        return {}
+    pairs = zip(learned, reps["invariants"])
+    return {"combined": tuple(np.concatenate([a, b], axis=1) for a, b in pairs)}
+
+
 def evaluate_autoencoder(
     model: LatentModel,
     datamodule: WeightDataModule,
@@ -127,6 +140,7 @@ def evaluate_autoencoder(
         "learned",
         "stats",
         "invariants",
+        "combined",
         "pca",
         "probed",
         "signal",
@@ -152,7 +166,10 @@ def evaluate_autoencoder(
     - Probes (:func:`probe_table`): fitted on train, chosen on val, scored on test, for the
       latent, the encoder's own coordinates ("learned": ``model.encode_learned``, the latent
       without the invariant features it carries, concatenated or added; the same numbers as
-      the latent when it carries none; no row for a model without that method), layer
+      the latent when it carries none; no row for a model without that method); when the
+      latent is the learned coordinates alone, also those beside the invariant features
+      ("combined": what the demo's latent is by construction, so the question "does learning
+      add to the hand-made features?" is asked of every model alike), layer
       statistics ("stats"), the invariant features alone ("invariants": the
       reference for a latent that reads them, ``model.invariant_features(params)`` when the
       model has it, else the statistics with every weight matrix's log singular values),
@@ -176,9 +193,10 @@ def evaluate_autoencoder(
     ``task``: default, the zoo's own (``Zoo.task()``). ``latent_dim``: default, the width of
     the latents (given, it must match). ``max_items``: a seeded subset of each split's
     checkpoints, for large zoos. Returns an :class:`EvalResults`: ``probes``, ``table``
-    (markdown), ``comparisons`` (the latent's probes against every other representation's
-    and the learned coordinates' against stats, invariants and raw (:data:`COMPARED`), with
-    paired bootstrap intervals over test members, :func:`compare_probes`), ``reconstruction``
+    (markdown), ``comparisons`` (the latent's probes against every other representation's,
+    the learned coordinates' against stats, invariants and raw, the combined ones' against
+    stats and invariants (:data:`COMPARED`), with paired bootstrap intervals over test
+    members, :func:`compare_probes`), ``reconstruction``
     (rows autoencoder, pca, and per checkpoint epoch, see :func:`reconstruction_table`),
     ``generation`` and ``info`` (dicts).
     """
@@ -282,6 +300,7 @@ def evaluate_autoencoder(
         "raw": tuple(splits[s].weights.double().numpy() for s in order),
         "pca": tuple(pca.transform(splits[s].weights.double().numpy()) for s in order),
     }
+    reps |= combined_representation(reps)
     probe_x = getattr(getattr(model, "encoder", None), "probe_x", None)
     if probe_x is not None:
         x = probe_x.detach().cpu()  # the outputs there, in float64
