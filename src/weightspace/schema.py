@@ -260,6 +260,7 @@ TRAIN_AUTOENCODER: dict[str, Check] = {
     "model.detach_decoder": BOOL,
     "model.features.input": NULL | BOOL | choice("add", "concat"),  # false: null, true: add
     "model.features.weight": number(0),
+    "model.features.whiten": number(0),
     "model.features.spectrum": BOOL,
     "model.features.products": BOOL,
     "model.features.function": BOOL,

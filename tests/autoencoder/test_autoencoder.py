@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from weightspace.autoencoder import WeightAutoencoder
 from weightspace.autoencoder.legacy import upgrade_config
+from weightspace.autoencoder.module import whitening
 from weightspace.autoencoder.train import (
     CONFIG_DIR,
     CONFIG_NAME,
@@ -224,6 +225,47 @@ def test_weight_statistics_are_the_baselines_standardized(datamodule):
     flat = batch["weights"]
     moved = model._encode_flat(flat, model.weight_statistics(flat) + 1.0)
     assert not torch.allclose(moved, model.encode(flat))
+
+
+def test_whitening_makes_every_principal_direction_count_alike():
+    gen = torch.Generator().manual_seed(0)
+    mix = torch.randn(6, 6, generator=gen) * torch.tensor([10.0, 3.0, 1.0, 0.3, 0.1, 0.01])
+    x = torch.randn(4000, 6, generator=gen) @ mix.T  # correlated, variances over 6 decades
+    cov = lambda a: torch.cov(a.double().T)  # noqa: E731
+    torch.testing.assert_close(cov(x @ whitening(x, 0.0)), torch.eye(6, dtype=torch.float64),
+                               atol=1e-3, rtol=1e-3)  # fmt: skip
+    # eps: a direction of variance lam keeps lam / (lam + eps) of its weight.
+    lam = torch.linalg.eigvalsh(cov(x))
+    got = torch.linalg.eigvalsh(cov(x @ whitening(x, 1.0)))
+    torch.testing.assert_close(got, lam / (lam + 1.0), atol=1e-4, rtol=1e-3)
+
+
+def test_whitened_head_loss_and_its_reload(datamodule, tmp_path):
+    feats = {"weight": 1.0, "spectrum": True}
+    plain = small_model(datamodule, features=feats)
+    model = small_model(datamodule, features={**feats, "whiten": 0.1})
+    assert not hasattr(plain, "stats_whiten") and "whiten" not in plain.hparams.features
+    w = model.stats_whiten
+    assert w.shape == (model.stats_head.out_features,) * 2 and not torch.allclose(
+        w, torch.eye(len(w))
+    )
+    batch = next(iter(datamodule.train_dataloader()))
+    with torch.no_grad():
+        stats = model.weight_statistics(batch["weights"])
+        error = model.stats_head(model.encode(batch["weights"])) - stats
+        got = model.compute_losses(batch)["stats"]
+        torch.testing.assert_close(got, (error @ w).square().mean())
+        assert not torch.isclose(got, error.square().mean())  # not the plain MSE
+    # Reloads strictly: the map travels in the state dict.
+    trainer = quiet_trainer(max_steps=1, limit_val_batches=0, default_root_dir=tmp_path)
+    trainer.fit(model, datamodule=datamodule)
+    trainer.save_checkpoint(tmp_path / "w.ckpt")
+    back = WeightAutoencoder.load_from_checkpoint(tmp_path / "w.ckpt", strict=True)
+    torch.testing.assert_close(back.stats_whiten, model.stats_whiten)
+    with pytest.raises(ConfigError, match=r"^features.whiten: weighs the head's error"):
+        small_model(datamodule, features={"whiten": 0.1})
+    with pytest.raises(ConfigError, match=r"^features.whiten: -1.0, must be >= 0"):
+        small_model(datamodule, features={**feats, "whiten": -1})
 
 
 @pytest.mark.parametrize(

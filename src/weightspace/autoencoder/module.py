@@ -48,7 +48,6 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from weightspace.autoencoder.decoders import FieldDecoder
@@ -82,6 +81,16 @@ def probe_inputs(x: Tensor, n: int, seed: int = 0) -> Tensor:
     same ``seed`` draws the same rows of an equally long ``y`` (their labels)."""
     gen = torch.Generator().manual_seed(seed)
     return x[torch.randperm(len(x), generator=gen)[:n]].clone()
+
+
+def whitening(features: Tensor, eps: float) -> Tensor:
+    """The ``(S, S)`` map ``V diag(1 / sqrt(λ + eps))`` of standardized features ``(N, S)``
+    (covariance ``V diag(λ) Vᵀ``): an error ``e`` mapped by it, ``e @ map``, has each
+    principal direction over its standard deviation (``eps`` added to the variances, so a
+    direction of almost none does not count as much as the others)."""
+    x = features.double() - features.double().mean(0)
+    lam, v = torch.linalg.eigh(x.T @ x / max(len(x) - 1, 1))
+    return (v / (lam.clamp_min(0) + eps).sqrt()).float()
 
 
 class WeightAutoencoder(WeightReader, pl.LightningModule):
@@ -121,6 +130,9 @@ class WeightAutoencoder(WeightReader, pl.LightningModule):
             the state dict). Left out when loading a checkpoint.
         probe_targets: their labels (class indices ``(n_probe,)``, or regression targets
             ``(n_probe, out)``), needed with ``features.function`` only; like ``probe_inputs``.
+        stats_whiten: with ``features.whiten``, the ``(S, S)`` map of the head's error into the
+            features' scaled principal directions (:func:`whitening` of the training split,
+            filled by :meth:`from_datamodule`); a buffer, like ``probe_inputs``.
     """
 
     def __init__(
@@ -151,11 +163,12 @@ class WeightAutoencoder(WeightReader, pl.LightningModule):
         warmup_steps: int = 0,
         probe_inputs: Tensor | None = None,
         probe_targets: Tensor | None = None,
+        stats_whiten: Any = None,
     ):
         super().__init__()
         use = FeatureUse.from_dict(features)
         features = use.to_dict()  # saved in this plain form ("add", not True)
-        self.save_hyperparameters(ignore=["probe_inputs", "probe_targets"])
+        self.save_hyperparameters(ignore=["probe_inputs", "probe_targets", "stats_whiten"])
         if functional_kind not in FUNCTIONAL_KINDS:
             raise ConfigError(f"functional_kind: '{functional_kind}' (choose mse or kl)")
         if functional_kind == "kl" and widths[-1] < 2:
@@ -204,6 +217,12 @@ class WeightAutoencoder(WeightReader, pl.LightningModule):
         if use.used and not (len(stats_mean) == len(stats_std) == n_stats):
             raise ConfigError(f"stats_mean, stats_std: need {n_stats} values each")
         self.stats_head = nn.Linear(latent_dim, n_stats) if use.weight > 0 else None
+        if use.whiten:  # (a buffer only then: earlier checkpoints reload strictly)
+            if stats_whiten is not None and tuple(np.shape(stats_whiten)) != (n_stats, n_stats):
+                raise ConfigError(f"stats_whiten: needs shape ({n_stats}, {n_stats})")
+            eye = torch.eye(n_stats)
+            w = eye if stats_whiten is None else torch.as_tensor(stats_whiten).float()
+            self.register_buffer("stats_whiten", w)
         self.field = (
             FieldDecoder(self.latent_width, spec.widths[0], spec.widths[-1], field_hidden)
             if field_weight > 0
@@ -281,6 +300,9 @@ class WeightAutoencoder(WeightReader, pl.LightningModule):
             )
             hparams.setdefault("stats_mean", stats.mean(0).tolist())
             hparams.setdefault("stats_std", stats.std(0).clamp_min(1e-8).tolist())
+            if use.whiten:
+                mean, std = torch.tensor(hparams["stats_mean"]), torch.tensor(hparams["stats_std"])
+                hparams["stats_whiten"] = whitening((stats.float() - mean) / std, use.whiten)
         return cls(
             widths=list(spec.widths),
             activations=datamodule.categories.get("activation", [spec.activation]),
@@ -425,7 +447,10 @@ class WeightAutoencoder(WeightReader, pl.LightningModule):
 
         terms = {"recon": self.recon_loss(recon, flat)}
         if self.stats_head is not None:
-            terms["stats"] = F.mse_loss(self.stats_head(z), stats)
+            error = self.stats_head(z) - stats
+            if self.features.whiten:  # in the features' principal directions, over their spread
+                error = error @ self.stats_whiten
+            terms["stats"] = error.square().mean()
         if v >= 2 and self.projection is not None:
             p = self.projection(z).view(b, v, -1)
             terms["contrastive"] = nt_xent(p[:, 0], p[:, 1], hp.temperature)
