@@ -307,6 +307,7 @@ def test_nfn_weights_preset_trains_every_term(api_zoo_path, tmp_path):
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(CONFIG_NAME, overrides=overrides)
     assert cfg.model.encoder.gram == 16 and cfg.model.latent_dim == 64
+    assert cfg.model.encoder.canonical == "sign"  # relu scales read as trained
     metrics = train(cfg)
     for key in ("train/field", "train/stats", "train/functional", "train/recon", "val/recon"):
         assert key in metrics and torch.isfinite(torch.tensor(metrics[key])), key
