@@ -5,9 +5,26 @@
 - :data:`SMALL_OVERRIDES`: the autoencoder config made small and quiet for CPU tests (used by
   the autoencoder tests, the sweep test and the DDP test).
 - :data:`TINY_INR`: a tiny INR zoo (conf/generate.yaml overrides, ~3 s to generate).
+- :func:`load_script`: a script of ``scripts/`` or ``benchmarks/`` as a module (its ``main``).
 """
 
 from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_script(relative: str) -> ModuleType:
+    """``scripts/x.py`` (a path under the checkout) imported as a module, not run."""
+    path = REPO / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 
 # Overrides of conf/train_autoencoder.yaml: small probe set and batches, CPU, no progress bar.
 SMALL_OVERRIDES = (

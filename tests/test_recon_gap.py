@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO
+from helpers import load_script
 
 from weightspace.nets.spec import MLPSpec
 
-_spec = importlib.util.spec_from_file_location("recon_gap", REPO / "benchmarks" / "recon_gap.py")
-gap = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(gap)
+gap = load_script("benchmarks/recon_gap.py")
 
 SPEC = MLPSpec((5, 8, 3), activation="tanh")
 

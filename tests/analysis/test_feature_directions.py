@@ -3,12 +3,10 @@ directions, and how much of each direction a run's statistics head predicts."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from helpers import load_script
 from torch import nn
 
 from weightspace.analysis.feature_directions import feature_directions
@@ -96,10 +94,7 @@ def test_the_trained_model_and_bad_input(model, datamodule):
 
 
 def test_the_entry_point_on_a_missing_run_is_one_line(tmp_path, capsys):
-    path = Path(__file__).resolve().parents[2] / "scripts" / "probe_directions.py"
-    spec = importlib.util.spec_from_file_location("probe_directions", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("scripts/probe_directions.py")
     assert script.main([str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: run: ") and "is not an autoencoder run folder" in err

@@ -3,12 +3,11 @@ writes where it is told, and keeps what is already written."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 from conftest import run_cli
-from helpers import SMALL_OVERRIDES
+from helpers import SMALL_OVERRIDES, load_script
 from hydra import compose, initialize_config_dir
 
 from weightspace.autoencoder.train import CONFIG_DIR, CONFIG_NAME, train
@@ -17,10 +16,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "evaluate_run.py"
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("evaluate_run", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/evaluate_run.py")
 
 
 @pytest.fixture(scope="module")
