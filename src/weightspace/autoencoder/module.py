@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from weightspace.autoencoder.decoders import FieldDecoder
@@ -447,10 +448,11 @@ class WeightAutoencoder(WeightReader, pl.LightningModule):
 
         terms = {"recon": self.recon_loss(recon, flat)}
         if self.stats_head is not None:
-            error = self.stats_head(z) - stats
+            pred = self.stats_head(z)
             if self.features.whiten:  # in the features' principal directions, over their spread
-                error = error @ self.stats_whiten
-            terms["stats"] = error.square().mean()
+                terms["stats"] = ((pred - stats) @ self.stats_whiten).square().mean()
+            else:
+                terms["stats"] = F.mse_loss(pred, stats)
         if v >= 2 and self.projection is not None:
             p = self.projection(z).view(b, v, -1)
             terms["contrastive"] = nt_xent(p[:, 0], p[:, 1], hp.temperature)
