@@ -311,3 +311,28 @@ def test_nfn_weights_preset_trains_every_term(api_zoo_path, tmp_path):
     metrics = train(cfg)
     for key in ("train/field", "train/stats", "train/functional", "train/recon", "val/recon"):
         assert key in metrics and torch.isfinite(torch.tensor(metrics[key])), key
+
+
+def test_nfn_weights_preset_with_the_graph_encoder_as_its_comment_says(api_zoo_path, tmp_path):
+    overrides = [
+        "experiment=autoencoder/nfn_weights",
+        "encoder=graph",
+        "~model.encoder.canonical",
+        "model.encoder.symmetry=sign",
+        f"paths.root_dir={tmp_path}",
+        f"run_dir={tmp_path / 'run'}",
+        f"zoo={api_zoo_path}",
+        "canon=none",
+        *SMALL_OVERRIDES,
+        "model.encoder.hidden=8",
+        "model.encoder.readout_hidden=16",
+        "model.encoder.gram=2",
+        "model.decoder.hidden=[32]",
+        "model.field_hidden=[16]",
+        "trainer.fast_dev_run=true",
+    ]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(CONFIG_NAME, overrides=overrides)
+    assert "canonical" not in cfg.model.encoder and cfg.model.encoder.symmetry == "sign"
+    metrics = train(cfg)
+    assert torch.isfinite(torch.tensor(metrics["train/stats"]))
