@@ -38,7 +38,8 @@ def main() -> None:
         zoo = Zoo.open(resolve_zoo(args.zoo, Path(project_root(), "zoos")))
         table = probe_families(zoo, args.target, args.epochs, args.folds, args.log)
     except WeightspaceError as e:
-        sys.exit(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     epochs = args.epochs or zoo.epochs
     print(
         f"{zoo.root.name}: {args.target}{' (log10)' if args.log else ''} from each feature "

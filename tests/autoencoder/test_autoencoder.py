@@ -18,7 +18,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from weightspace.autoencoder import WeightAutoencoder
 from weightspace.autoencoder.legacy import upgrade_config
-from weightspace.autoencoder.module import whitening
 from weightspace.autoencoder.train import (
     CONFIG_DIR,
     CONFIG_NAME,
@@ -31,6 +30,7 @@ from weightspace.errors import ConfigError, ZooError
 from weightspace.evaluation.tables import summarize_evaluation
 from weightspace.features import FeatureSpec
 from weightspace.features.function import function_feature_names
+from weightspace.features.pca import whitening
 from weightspace.features.spectra import product_spectrum_names, spectrum_names
 from weightspace.features.statistics import layer_statistics
 from weightspace.nets.forward import forward

@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 
 from weightspace.errors import ConfigError
+from weightspace.evaluation.evaluate import apply_in_batches
 from weightspace.evaluation.probes import probe_table
 from weightspace.evaluation.splits import load_split, probe_targets
 
@@ -70,14 +71,6 @@ def feature_directions(
     pcs = {s: (feats[s] - centre) @ vt.T for s in ORDER}
     n = len(sv)
 
-    def encoded(fn: Any) -> dict[str, np.ndarray]:
-        out = {}
-        for s in ORDER:
-            w = splits[s].weights
-            parts = [fn(w[i : i + batch_size]).float().cpu() for i in range(0, len(w), batch_size)]
-            out[s] = torch.cat(parts).double().numpy()
-        return out
-
     reps: dict[str, tuple] = {}
     variance: dict[str, float] = {}
     for k in sorted({k for k in ks if 0 < k < n}):
@@ -86,13 +79,18 @@ def feature_directions(
     reps["all features"] = tuple(feats[s] for s in ORDER)
     variance["all features"] = 1.0
     learned_fn = getattr(model, "encode_learned", None) or model.encode
-    learned = encoded(learned_fn)
+    device = next(model.parameters()).device if hasattr(model, "parameters") else "cpu"
+    learned = {
+        s: apply_in_batches(learned_fn, splits[s].weights, batch_size, device, "encode_learned")
+        .double()
+        .numpy()
+        for s in ORDER
+    }
     reps["learned coordinates"] = tuple(learned[s] for s in ORDER)
     head = getattr(model, "stats_head", None)
     bands = pd.DataFrame(columns=["directions", "variance", "head_r2"])
     if head is not None:
-        dtype = next(head.parameters()).dtype
-        device = next(head.parameters()).device
+        dtype, device = next(head.parameters()).dtype, next(head.parameters()).device
         pred = {
             s: head(torch.as_tensor(learned[s], dtype=dtype, device=device)).double().cpu().numpy()
             for s in ORDER

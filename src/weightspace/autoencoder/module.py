@@ -70,6 +70,7 @@ from weightspace.data.datamodule import WeightDataModule
 from weightspace.data.normalizer import LayerNormalizer
 from weightspace.errors import ConfigError
 from weightspace.features import FeatureSpec
+from weightspace.features.pca import whitening
 from weightspace.nets.layout import unflatten_params
 from weightspace.nets.spec import MLPSpec, Params
 from weightspace.zoo.inr import SignalTask, network_inputs
@@ -82,16 +83,6 @@ def probe_inputs(x: Tensor, n: int, seed: int = 0) -> Tensor:
     same ``seed`` draws the same rows of an equally long ``y`` (their labels)."""
     gen = torch.Generator().manual_seed(seed)
     return x[torch.randperm(len(x), generator=gen)[:n]].clone()
-
-
-def whitening(features: Tensor, eps: float) -> Tensor:
-    """The ``(S, S)`` map ``V diag(1 / sqrt(λ + eps))`` of standardized features ``(N, S)``
-    (covariance ``V diag(λ) Vᵀ``): an error ``e`` mapped by it, ``e @ map``, has each
-    principal direction over its standard deviation (``eps`` added to the variances, so a
-    direction of almost none does not count as much as the others)."""
-    x = features.double() - features.double().mean(0)
-    lam, v = torch.linalg.eigh(x.T @ x / max(len(x) - 1, 1))
-    return (v / (lam.clamp_min(0) + eps).sqrt()).float()
 
 
 class WeightAutoencoder(WeightReader, pl.LightningModule):
@@ -132,8 +123,9 @@ class WeightAutoencoder(WeightReader, pl.LightningModule):
         probe_targets: their labels (class indices ``(n_probe,)``, or regression targets
             ``(n_probe, out)``), needed with ``features.function`` only; like ``probe_inputs``.
         stats_whiten: with ``features.whiten``, the ``(S, S)`` map of the head's error into the
-            features' scaled principal directions (:func:`whitening` of the training split,
-            filled by :meth:`from_datamodule`); a buffer, like ``probe_inputs``.
+            features' scaled principal directions (:func:`~weightspace.features.pca.whitening`
+            of the training split, filled by :meth:`from_datamodule`); a buffer, like
+            ``probe_inputs``.
     """
 
     def __init__(

@@ -95,7 +95,11 @@ def _model_device(model: Any) -> torch.device:
 
 
 @torch.no_grad()
-def _apply(fn: Callable[[Tensor], Tensor], x: Tensor, batch_size: int, device, what: str):
+def apply_in_batches(
+    fn: Callable[[Tensor], Tensor], x: Tensor, batch_size: int, device, what: str
+) -> Tensor:
+    """``fn`` over ``x`` in batches on ``device`` under no_grad: ``(N, n)`` float32 on the CPU
+    (``what`` names ``fn`` when it returns anything but a 2-d tensor)."""
     outs = []
     for s in range(0, len(x), batch_size):
         y = fn(x[s : s + batch_size].to(device))
@@ -214,7 +218,7 @@ def evaluate_autoencoder(
         model.eval()
     try:
         z = {
-            s: _apply(model.encode, d.weights, batch_size, device, "encode")
+            s: apply_in_batches(model.encode, d.weights, batch_size, device, "encode")
             for s, d in splits.items()
         }
         width = z["train"].shape[1]
@@ -224,20 +228,20 @@ def evaluate_autoencoder(
         learned = None
         if callable(learned_fn):
             learned = {
-                s: _apply(learned_fn, d.weights, batch_size, device, "encode_learned")
+                s: apply_in_batches(learned_fn, d.weights, batch_size, device, "encode_learned")
                 for s, d in splits.items()
             }
-        decoded = _apply(model.decode, z["test"], batch_size, device, "decode")
+        decoded = apply_in_batches(model.decode, z["test"], batch_size, device, "decode")
         field, rendered = getattr(model, "field", None), None
         if inr and field is not None:  # the field decoder renders the test signals
             coords = task.coords.to(device)
-            rendered = _apply(
+            rendered = apply_in_batches(
                 lambda zz: field(zz, coords).flatten(1), z["test"], batch_size, device, "field"
             ).view(len(decoded), len(coords), -1)
         sampled, state = None, None
         if inr:
             generation, sampled = inr_generation(
-                lambda zz: _apply(model.decode, zz, batch_size, device, "decode"),
+                lambda zz: apply_in_batches(model.decode, zz, batch_size, device, "decode"),
                 datamodule,
                 splits["train"],
                 z["train"],
@@ -276,7 +280,7 @@ def evaluate_autoencoder(
                     dens,
                     flat,
                     gen_spec,
-                    lambda zz: _apply(model.decode, zz, batch_size, device, "decode"),
+                    lambda zz: apply_in_batches(model.decode, zz, batch_size, device, "decode"),
                     lambda f: to_params(f, datamodule, gen_spec),
                 ),
                 task,
@@ -397,9 +401,9 @@ def _generation(
     dens = fit_latent_density(z_train[fit_idx].double().numpy(), kind)
     spec = MLPSpec(datamodule.spec.widths, activation, datamodule.spec.bias)
     samples = torch.from_numpy(dens.sample(n_samples, seed)).float()
-    flat = _apply(model.decode, samples, batch_size, device, "decode")
+    flat = apply_in_batches(model.decode, samples, batch_size, device, "decode")
     _, sample_acc = evaluate_networks(to_params(flat, datamodule, spec), spec, task)
-    refit = _apply(model.decode, z_train[fit_idx], batch_size, device, "decode")
+    refit = apply_in_batches(model.decode, z_train[fit_idx], batch_size, device, "decode")
     _, fit_acc = evaluate_networks(to_params(refit, datamodule, spec), spec, task)
     metrics = generation_metrics(flat, train.weights, sample_acc, acc, train.groups, seed=seed)
     return {
