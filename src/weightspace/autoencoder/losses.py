@@ -8,9 +8,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["FUNCTIONAL_KINDS", "functional_loss", "nt_xent", "reconstruction_loss"]
+__all__ = [
+    "CONTRASTIVE_POSITIVES",
+    "FUNCTIONAL_KINDS",
+    "functional_loss",
+    "nt_xent",
+    "reconstruction_loss",
+    "sup_con",
+]
 
 FUNCTIONAL_KINDS = ("mse", "kl")
+#: what the contrastive loss pairs: two views of a checkpoint, or the checkpoints of a member.
+CONTRASTIVE_POSITIVES = ("views", "member")
 
 
 def reconstruction_loss(pred: Tensor, target: Tensor, tensor_sizes: Sequence[int]) -> Tensor:
@@ -29,6 +38,27 @@ def nt_xent(a: Tensor, b: Tensor, temperature: float) -> Tensor:
     n = len(a)
     target = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
     return F.cross_entropy(sim, target)
+
+
+def sup_con(p: Tensor, labels: Tensor, temperature: float) -> Tensor:
+    """Supervised contrastive loss (Khosla et al., 2020; "L_out"): rows of ``p`` ``(N, P)``
+    with equal ``labels`` ``(N,)`` are positives, every other row a negative.
+
+    Each row's loss is the mean over its positives of ``-log softmax`` of the similarity, the
+    mean taken over the rows that have a positive; a batch where none has one gives 0 (still
+    a graph of ``p``). With two rows per label it is :func:`nt_xent`.
+    """
+    z = F.normalize(p, dim=-1)
+    eye = torch.eye(len(z), dtype=torch.bool, device=z.device)
+    sim = (z @ z.T / temperature).masked_fill(eye, float("-inf"))
+    log_prob = sim - sim.logsumexp(-1, keepdim=True)
+    pos = (labels[:, None] == labels[None, :]) & ~eye
+    n_pos = pos.sum(-1)
+    has = n_pos > 0
+    if not has.any():
+        return p.sum() * 0.0
+    per_row = log_prob.masked_fill(~pos, 0.0).sum(-1)[has] / n_pos[has]
+    return -per_row.mean()
 
 
 def functional_loss(pred: Tensor, target: Tensor, kind: str = "mse") -> Tensor:

@@ -54,10 +54,12 @@ from torch import Tensor, nn
 from weightspace.autoencoder.decoders import FieldDecoder
 from weightspace.autoencoder.legacy import is_old_hparams, upgrade_hparams
 from weightspace.autoencoder.losses import (
+    CONTRASTIVE_POSITIVES,
     FUNCTIONAL_KINDS,
     functional_loss,
     nt_xent,
     reconstruction_loss,
+    sup_con,
 )
 from weightspace.autoencoder.options import (
     DEFAULT_DECODER,
@@ -100,7 +102,13 @@ class WeightAutoencoder(WeightReader, pl.LightningModule):
         latent_dim: size of the encoder's latent.
         recon_weight, contrastive_weight, functional_weight, field_weight: loss weights; 0
             turns a loss off.
-        temperature: NT-Xent temperature.
+        temperature: temperature of the contrastive loss.
+        contrastive_positives: what the contrastive loss takes as positives: ``"views"``, two
+            augmented views of one checkpoint (NT-Xent); ``"member"``, every checkpoint (and
+            view) of one member in the batch (:func:`~weightspace.autoencoder.losses.sup_con`;
+            with ``data.group_by_member`` a batch holds several checkpoints of each member):
+            the latent is pulled to what a network keeps through training — its init,
+            learning rate, weight decay — and pushed from other members.
         projection_dim: output size of the contrastive projection head.
         functional_kind: ``"mse"`` on outputs or ``"kl"`` between softmaxes (classification),
             for the functional and the field losses.
@@ -141,6 +149,7 @@ class WeightAutoencoder(WeightReader, pl.LightningModule):
         contrastive_weight: float = 0.0,
         functional_weight: float = 0.0,
         temperature: float = 0.1,
+        contrastive_positives: str = "views",
         projection_dim: int = 32,
         functional_kind: str = "mse",
         field_weight: float = 0.0,
@@ -166,6 +175,10 @@ class WeightAutoencoder(WeightReader, pl.LightningModule):
             raise ConfigError(f"functional_kind: '{functional_kind}' (choose mse or kl)")
         if functional_kind == "kl" and widths[-1] < 2:
             raise ConfigError("functional_kind: kl needs class outputs; use mse for regression")
+        if contrastive_positives not in CONTRASTIVE_POSITIVES:
+            raise ConfigError(
+                f"contrastive_positives: '{contrastive_positives}' (choose views or member)"
+            )
         if scheduler not in SCHEDULERS:
             raise ConfigError(f"scheduler: '{scheduler}' (choose null or cosine)")
         weights = (recon_weight, contrastive_weight, functional_weight, field_weight)
@@ -445,13 +458,18 @@ class WeightAutoencoder(WeightReader, pl.LightningModule):
                 terms["stats"] = ((pred - stats) @ self.stats_whiten).square().mean()
             else:
                 terms["stats"] = F.mse_loss(pred, stats)
-        if v >= 2 and self.projection is not None:
+        if self.projection is not None and hp.contrastive_positives == "member":
+            key = batch["zoo_index"].long() * (1 << 32) + batch["member_id"].long()
+            labels = key.to(z.device).repeat_interleave(v)  # views of an item: one member
+            terms["contrastive"] = sup_con(self.projection(z), labels, hp.temperature)
+        elif v >= 2 and self.projection is not None:
             p = self.projection(z).view(b, v, -1)
             terms["contrastive"] = nt_xent(p[:, 0], p[:, 1], hp.temperature)
         elif hp.contrastive_weight > 0:
             raise ConfigError(
                 "contrastive_weight > 0 needs two augmented views per network "
-                "(canon=augment, or data.augment=weightspace.symmetry.augment data.views=2)"
+                "(canon=augment, or data.augment=weightspace.symmetry.augment data.views=2) "
+                "or contrastive_positives=member (with data.group_by_member=true)"
             )
         if functional is None:
             functional = hp.functional_weight > 0

@@ -63,6 +63,7 @@ AUTOENCODER_LOSSES = ("recon_weight", "contrastive_weight", "functional_weight",
 AUTOENCODER_OPTIONS = (
     "decoder",
     "temperature",
+    "contrastive_positives",
     "projection_dim",
     "functional_kind",
     "field_hidden",

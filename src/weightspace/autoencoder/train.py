@@ -328,12 +328,33 @@ def _evaluate(
     return evaluator(model=model, datamodule=datamodule, run_dir=run_dir, seed=int(cfg.seed))
 
 
+def _check_positives(cfg: DictConfig) -> None:
+    """``contrastive_positives=member`` needs train batches with several checkpoints of a
+    member (or views): refused before training rather than trained with a silent 0."""
+    model, data = cfg.get("model", {}), cfg.get("data", {})
+    if model.get("contrastive_weight", 0) <= 0 or model.get("contrastive_positives") != "member":
+        return
+    if int(data.get("views", 1)) > 1:
+        return
+    if not data.get("group_by_member", False):
+        raise ConfigError(
+            "model.contrastive_positives=member: a train batch needs several checkpoints of a "
+            "member; set data.group_by_member=true"
+        )
+    if data.get("epochs") == "last" or len(data.get("epochs") or [0, 1]) < 2:
+        raise ConfigError(
+            f"model.contrastive_positives=member: data.epochs={data.get('epochs')} keeps one "
+            "checkpoint per member; keep several (null, or a list) or use views"
+        )
+
+
 def build(cfg: DictConfig, zoos: list[Path]) -> tuple[Any, Any]:
     """The datamodule and model for ``zoos``: ``cfg.data`` and ``cfg.model`` as configured;
     zoos of several architectures: a :class:`~weightspace.data.mixed.MixedDataModule` with the
     same options and a :class:`~weightspace.autoencoder.mixed.MixedAutoencoder` (one encoder,
     a head per architecture)."""
     seed = int(cfg.seed)
+    _check_positives(cfg)
     if len(zoos) > 1:
         options = to_dict(cfg.data)
         options.pop("_target_", None)

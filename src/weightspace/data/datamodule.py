@@ -90,14 +90,26 @@ def split_members(
 class EpochShuffleSampler(Sampler[int]):
     """A seeded shuffle that changes with :meth:`set_epoch` (Lightning calls it each epoch).
 
+    ``group_by_member``: the members are shuffled and each member's checkpoints follow one
+    another (in a shuffled order), so a batch holds several checkpoints of each of its members
+    (``model.contrastive_positives=member`` takes them as positives). Every item is still
+    drawn once per epoch.
+
     ``set_epoch`` is forwarded to the dataset so that augmentations change too. Workers get
     the dataset when an epoch's iterator starts, so keep ``persistent_workers=False``.
     """
 
-    def __init__(self, dataset: WeightDataset, seed: int = 0, shuffle: bool = True):
+    def __init__(
+        self,
+        dataset: WeightDataset,
+        seed: int = 0,
+        shuffle: bool = True,
+        group_by_member: bool = False,
+    ):
         self.dataset = dataset
         self.seed = int(seed)
         self.shuffle = shuffle
+        self.group_by_member = bool(group_by_member)
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -108,7 +120,12 @@ class EpochShuffleSampler(Sampler[int]):
         if not self.shuffle:
             return iter(range(n))
         gen = torch.Generator().manual_seed(seed_from(self.seed, self.epoch))
-        return iter(torch.randperm(n, generator=gen).tolist())
+        perm = torch.randperm(n, generator=gen).numpy()
+        if self.group_by_member:
+            keys = self.dataset.member_index()  # (n,) a member's number, 0..members-1
+            rank = torch.randperm(int(keys.max()) + 1, generator=gen).numpy()
+            perm = perm[np.argsort(rank[keys[perm]], kind="stable")]
+        return iter(perm.tolist())
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -123,14 +140,16 @@ def make_loader(
     num_workers: int = 0,
     drop_last: bool = False,
     pin_memory: bool = False,
+    group_by_member: bool = False,
 ) -> DataLoader:
-    """A DataLoader that fetches whole batches through ``__getitems__``."""
+    """A DataLoader that fetches whole batches through ``__getitems__`` (``shuffle`` and
+    ``group_by_member``: :class:`EpochShuffleSampler`)."""
     if num_workers > 0:
         dataset.verify_files()
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=EpochShuffleSampler(dataset, seed, shuffle),
+        sampler=EpochShuffleSampler(dataset, seed, shuffle, group_by_member),
         collate_fn=collate_batch,
         num_workers=num_workers,
         drop_last=drop_last,
@@ -187,6 +206,7 @@ class WeightDataModule(pl.LightningDataModule):
         transform: Transform | str | None = None,
         augment: Augment | str | None = None,
         views: int = 1,
+        group_by_member: bool = False,
         cache: bool = False,
         verify: bool = True,
     ):
@@ -209,6 +229,7 @@ class WeightDataModule(pl.LightningDataModule):
         self.transform = resolve_callable(transform, "transform")
         self.augment = resolve_callable(augment, "augment")
         self.views = int(views)
+        self.group_by_member = bool(group_by_member)
         self.cache = bool(cache)
         self.verify = bool(verify)
         self.save_hyperparameters(
@@ -226,6 +247,7 @@ class WeightDataModule(pl.LightningDataModule):
                 "transform": callable_name(transform),
                 "augment": callable_name(augment),
                 "views": self.views,
+                "group_by_member": self.group_by_member,
                 "cache": self.cache,
                 "verify": self.verify,
             }
@@ -326,7 +348,14 @@ class WeightDataModule(pl.LightningDataModule):
 
     # ---- loaders
     def train_dataloader(self) -> DataLoader:
-        return make_loader(self._need().train, self.batch_size, True, self.seed, self.num_workers)
+        return make_loader(
+            self._need().train,
+            self.batch_size,
+            True,
+            self.seed,
+            self.num_workers,
+            group_by_member=self.group_by_member,
+        )
 
     def val_dataloader(self) -> DataLoader:
         return make_loader(self._need().val, self.batch_size, False, self.seed, self.num_workers)

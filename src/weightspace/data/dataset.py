@@ -291,6 +291,11 @@ class WeightDataset(Dataset):
         keys = np.unique(np.stack([self._zoo_index, self._member_id], axis=1), axis=0)
         return [(int(z), int(m)) for z, m in keys]
 
+    def member_index(self) -> np.ndarray:
+        """Each item's member as a number ``0..members-1`` (the order of :meth:`member_keys`)."""
+        keys = np.stack([self._zoo_index, self._member_id], axis=1)
+        return np.unique(keys, axis=0, return_inverse=True)[1].reshape(-1)
+
     def select_members(self, members: Iterable[MemberKey], **overrides: Any) -> WeightDataset:
         """A dataset of the items of ``members`` only (same zoos, codes and options).
 

@@ -1,0 +1,149 @@
+"""Checkpoints of one member as contrastive positives: the loss, the grouped sampler, the config."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_autoencoder import ae_cfg, small_model
+
+from weightspace.autoencoder.losses import nt_xent, sup_con
+from weightspace.autoencoder.train import build, train
+from weightspace.data.datamodule import EpochShuffleSampler, WeightDataModule
+from weightspace.data.dataset import WeightDataset
+from weightspace.errors import ConfigError
+
+
+# --------------------------------------------------------------------------- the loss
+def test_sup_con_with_two_rows_per_label_is_nt_xent():
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(7, 5, generator=gen), torch.randn(7, 5, generator=gen)
+    labels = torch.arange(7).repeat(2)
+    assert torch.allclose(sup_con(torch.cat([a, b]), labels, 0.3), nt_xent(a, b, 0.3), atol=1e-6)
+
+
+def test_sup_con_is_lower_when_a_members_rows_agree():
+    gen = torch.Generator().manual_seed(1)
+    centers = torch.randn(4, 8, generator=gen)
+    labels = torch.arange(4).repeat_interleave(3)  # three rows per member
+    together = centers[labels] + 0.05 * torch.randn(12, 8, generator=gen)
+    apart = torch.randn(12, 8, generator=gen)
+    assert sup_con(together, labels, 0.1) < 0.5 * sup_con(apart, labels, 0.1)
+
+
+def test_sup_con_without_positives_is_zero_and_differentiable():
+    p = torch.randn(5, 3, requires_grad=True)
+    loss = sup_con(p, torch.arange(5), 0.1)
+    loss.backward()
+    assert loss.item() == 0.0 and p.grad is not None and not p.grad.any()
+    # rows without a positive are left out of the mean, not counted as 0
+    labels = torch.tensor([0, 0, 1, 2, 3])
+    both = sup_con(p.detach(), labels, 0.1)
+    q = p.detach()
+    pair = -torch.log_softmax(
+        (torch.nn.functional.normalize(q, dim=-1) @ torch.nn.functional.normalize(q, dim=-1).T)
+        .div(0.1)
+        .fill_diagonal_(float("-inf")),
+        -1,
+    )
+    assert torch.allclose(both, (pair[0, 1] + pair[1, 0]) / 2, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- the sampler
+def test_grouped_sampler_keeps_a_members_checkpoints_together(api_zoo_path):
+    ds = WeightDataset(api_zoo_path)  # 12 members x 3 epochs
+    s = EpochShuffleSampler(ds, seed=0, group_by_member=True)
+    order = list(s)
+    assert sorted(order) == list(range(len(ds))) and list(s) == order
+    members = ds.member_index()[order]
+    runs = members[np.r_[True, members[1:] != members[:-1]]]
+    assert len(runs) == 12 == len(set(runs.tolist()))  # each member in one block
+    s.set_epoch(1)
+    again = list(s)
+    assert sorted(again) == sorted(order)
+    assert ds.member_index()[again].tolist() != members.tolist()  # members reshuffled
+    plain = list(EpochShuffleSampler(ds, seed=0))
+    assert ds.member_index()[plain].tolist() != members.tolist()  # the plain shuffle mixes
+
+
+def test_grouped_train_batches_hold_several_checkpoints_of_each_member(api_zoo_path):
+    dm = WeightDataModule(api_zoo_path, batch_size=6, seed=0, group_by_member=True)
+    dm.setup()
+    batch = next(iter(dm.train_dataloader()))
+    _, counts = np.unique(batch["member_id"].numpy(), return_counts=True)
+    assert counts.sum() == 6 and counts.max() >= 2
+    assert dm.hparams["group_by_member"] is True
+
+
+# --------------------------------------------------------------------------- the model
+@pytest.fixture(scope="module")
+def grouped(api_zoo_path) -> WeightDataModule:
+    dm = WeightDataModule(api_zoo_path, batch_size=12, seed=0, group_by_member=True)
+    dm.setup()
+    return dm
+
+
+def test_member_positives_train_the_latent_to_gather_a_members_checkpoints(grouped):
+    model = small_model(
+        grouped, recon_weight=0.0, contrastive_weight=1.0, contrastive_positives="member"
+    )
+    batch = next(iter(grouped.train_dataloader()))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    values = []
+    for _ in range(40):
+        opt.zero_grad()
+        terms = model.compute_losses(batch)
+        terms["loss"].backward()
+        opt.step()
+        values.append(terms["contrastive"].item())
+    assert values[-1] < 0.7 * values[0], f"{values[0]:.4f} -> {values[-1]:.4f}"
+    with torch.no_grad():
+        p = torch.nn.functional.normalize(model.projection(model.encode(batch)), dim=-1)
+    same = batch["member_id"][:, None] == batch["member_id"][None, :]
+    cos = p @ p.T
+    off = ~torch.eye(len(p), dtype=torch.bool)
+    assert cos[same & off].mean() > cos[~same].mean() + 0.2
+
+
+def test_member_positives_need_no_views_and_refuse_a_bad_value(grouped):
+    batch = next(iter(grouped.train_dataloader()))
+    model = small_model(grouped, contrastive_weight=0.5, contrastive_positives="member")
+    assert torch.isfinite(model.compute_losses(batch)["contrastive"])
+    views = small_model(grouped, contrastive_weight=0.5)  # the default asks for two views
+    with pytest.raises(ConfigError, match="contrastive_positives=member"):
+        views.compute_losses(batch)
+    with pytest.raises(ConfigError, match=r"^contrastive_positives: 'runs'"):
+        small_model(grouped, contrastive_weight=0.5, contrastive_positives="runs")
+
+
+MEMBER = ["model.contrastive_weight=1.0", "model.contrastive_positives=member"]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ([], "set data.group_by_member=true"),
+        (["data.group_by_member=true", "data.epochs=last"], "keeps one checkpoint"),
+        (["data.group_by_member=true", "data.epochs=[3]"], "keeps one checkpoint"),
+    ],
+)
+def test_member_positives_without_positives_stop_before_training(
+    extra, message, api_zoo_path, tmp_path
+):
+    cfg = ae_cfg(tmp_path, api_zoo_path, *MEMBER, *extra)
+    with pytest.raises(ConfigError, match=message):
+        build(cfg, [api_zoo_path])
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_fast_dev_run_with_member_positives(api_zoo_path, tmp_path):
+    cfg = ae_cfg(
+        tmp_path,
+        api_zoo_path,
+        *MEMBER,
+        "data.group_by_member=true",
+        "data.batch_size=12",
+        "trainer.fast_dev_run=true",
+    )
+    metrics = train(cfg)
+    assert np.isfinite(metrics["train/contrastive"]) and metrics["train/contrastive"] > 0
