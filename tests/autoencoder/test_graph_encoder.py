@@ -87,18 +87,21 @@ def test_latent_is_invariant_to_hidden_permutations(activation):
         torch.testing.assert_close(enc(moved), enc(params), **TOL)
 
 
-@pytest.mark.parametrize("activation, gram", [("relu", 0), ("leaky_relu", 0), ("relu", 3)])
-def test_latent_is_invariant_to_positive_rescaling_of_relu_units(activation, gram):
+@pytest.mark.parametrize(
+    "activation, readouts",
+    [("relu", {}), ("leaky_relu", {}), ("relu", {"gram": 3}), ("relu", {"spectral": 3})],
+)
+def test_latent_is_invariant_to_positive_rescaling_of_relu_units(activation, readouts):
     spec = MLPSpec(WIDTHS, activation)
     params = random_params(spec)
     moved = permuted(spec, rescaled(spec, params, signs=False))
     assert_moved(params, moved)
     assert_same_function(spec, params, moved)
     with torch.no_grad():
-        enc = encoder(spec, gram=gram)
+        enc = encoder(spec, **readouts)
         torch.testing.assert_close(enc(moved), enc(params), **TOL)
         # The invariance is the canonicalization's: without it the latent moves.
-        plain = encoder(spec, symmetry="permutation", gram=gram)
+        plain = encoder(spec, symmetry="permutation", **readouts)
         assert not torch.allclose(plain(moved), plain(params), atol=1e-3)
         torch.testing.assert_close(plain(permuted(spec, params)), plain(params), **TOL)
 
@@ -110,7 +113,7 @@ def test_symmetry_sign_keeps_permutations_and_sign_flips_not_relu_scales(activat
     tanh = activation == "tanh"
     moved = permuted(spec, rescaled(spec, params, signs=tanh))
     with torch.no_grad():
-        enc = encoder(spec, symmetry="sign", gram=3)
+        enc = encoder(spec, symmetry="sign", gram=3, spectral=3)
         torch.testing.assert_close(enc(permuted(spec, params)), enc(params), **TOL)
         if tanh:
             torch.testing.assert_close(enc(moved), enc(params), **TOL)
@@ -119,17 +122,17 @@ def test_symmetry_sign_keeps_permutations_and_sign_flips_not_relu_scales(activat
     assert (enc.scale, enc.sign) == (False, tanh)
 
 
-@pytest.mark.parametrize("gram", [0, 3])
-def test_latent_is_invariant_to_sign_flips_of_tanh_units(gram):
+@pytest.mark.parametrize("readouts", [{}, {"gram": 3}, {"spectral": 3}])
+def test_latent_is_invariant_to_sign_flips_of_tanh_units(readouts):
     spec = MLPSpec(WIDTHS, "tanh")
     params = random_params(spec)
     moved = permuted(spec, rescaled(spec, params, signs=True))
     assert_moved(params, moved)
     assert_same_function(spec, params, moved)
     with torch.no_grad():
-        enc = encoder(spec, gram=gram)
+        enc = encoder(spec, **readouts)
         torch.testing.assert_close(enc(moved), enc(params), **TOL)
-        plain = encoder(spec, symmetry="permutation", gram=gram)
+        plain = encoder(spec, symmetry="permutation", **readouts)
         assert not torch.allclose(plain(moved), plain(params), atol=1e-3)
 
 
@@ -234,6 +237,8 @@ def test_zoos_it_cannot_read_stop_before_training():
         GraphEncoder(spec, 5, symmetry="scale")
     with pytest.raises(ConfigError, match=r"^encoder.gram: channels of the angle readout, >= 0"):
         GraphEncoder(spec, 5, gram=-2)
+    with pytest.raises(ConfigError, match=r"^encoder.spectral: channels of the spectral"):
+        GraphEncoder(spec, 5, spectral=-2)
     # One symmetry for all members: canonicalized alike; or permutations only.
     assert GraphEncoder(spec, 5, activations=["relu", "leaky_relu"]).scale
     assert not GraphEncoder(spec, 5, activations=["relu", "tanh"], symmetry="permutation").scale

@@ -41,12 +41,15 @@ def pooled(spec: MLPSpec, **options) -> GraphEncoder:
     return GraphEncoder(spec, 5, readout="pooled", **{**SMALL, **options}).eval()
 
 
-@pytest.mark.parametrize("activation, gram", [("relu", 0), ("tanh", 0), ("relu", 3)])
-def test_one_encoder_reads_three_architectures_invariantly(activation, gram):
+@pytest.mark.parametrize(
+    "activation, readouts",
+    [("relu", {}), ("tanh", {}), ("relu", {"gram": 3}), ("tanh", {"gram": 3, "spectral": 3})],
+)
+def test_one_encoder_reads_three_architectures_invariantly(activation, readouts):
     """The deepest architecture's encoder reads all three; each latent is unchanged (1e-5)
     by permutations of hidden units and by relu rescaling / tanh sign flips (with the angle
     readout too: first / last / mean over any number of hidden layers)."""
-    enc = pooled(MLPSpec(ARCHS[-1], activation), gram=gram)
+    enc = pooled(MLPSpec(ARCHS[-1], activation), **readouts)
     latents = []
     for k, widths in enumerate(ARCHS):
         spec = MLPSpec(widths, activation)

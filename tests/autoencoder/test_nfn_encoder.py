@@ -12,7 +12,7 @@ from helpers import SMALL_OVERRIDES, quiet_trainer
 from hydra import compose, initialize_config_dir
 
 from weightspace.autoencoder import WeightAutoencoder
-from weightspace.autoencoder.blocks import GramReadout
+from weightspace.autoencoder.blocks import GramReadout, SpectralReadout
 from weightspace.autoencoder.nfn import NFNEncoder, NPLayer
 from weightspace.autoencoder.train import CONFIG_DIR, CONFIG_NAME, train
 from weightspace.data.datamodule import WeightDataModule
@@ -62,19 +62,21 @@ def unit_factors(spec: MLPSpec, n: int, gen: torch.Generator) -> dict[str, torch
 
 
 @pytest.mark.parametrize(
-    "activation, bias, gram",
+    "activation, bias, gram, spectral",
     [
-        ("relu", True, 0),
-        ("tanh", True, 0),
-        ("relu", False, 0),
-        ("relu", True, 4),
-        ("tanh", False, 4),
+        ("relu", True, 0, 0),
+        ("tanh", True, 0, 0),
+        ("relu", False, 0, 0),
+        ("relu", True, 4, 0),
+        ("tanh", False, 4, 0),
+        ("relu", True, 0, 3),
+        ("tanh", True, 4, 3),
     ],
 )
-def test_latent_is_invariant_to_the_symmetries_of_hidden_units(activation, bias, gram):
+def test_latent_is_invariant_to_the_symmetries_of_hidden_units(activation, bias, gram, spectral):
     spec = MLPSpec((7, 6, 5, 4, 3), activation, bias)
     torch.manual_seed(0)
-    encoder = NFNEncoder(spec, 8, **SMALL_NFN, gram=gram).eval()
+    encoder = NFNEncoder(spec, 8, **SMALL_NFN, gram=gram, spectral=spectral).eval()
     params = random_params(spec, 16)
     gen = torch.Generator().manual_seed(1)
     ps = mlp_permutation_spec(spec)
@@ -105,7 +107,7 @@ def test_canonical_sign_keeps_permutations_and_sign_flips_not_relu_scales(activa
     relu unit's scale is read as trained, so rescaling moves the latent."""
     spec = MLPSpec((7, 6, 5, 4, 3), activation)
     torch.manual_seed(0)
-    encoder = NFNEncoder(spec, 8, **SMALL_NFN, gram=4, canonical="sign").eval()
+    encoder = NFNEncoder(spec, 8, **SMALL_NFN, gram=4, spectral=3, canonical="sign").eval()
     params = random_params(spec, 16)
     gen = torch.Generator().manual_seed(1)
     ps = mlp_permutation_spec(spec)
@@ -193,6 +195,34 @@ def test_gram_readout_is_a_mean_over_pairs_of_units():
     assert z.shape == (5, 2 * readout.out_dim) == (5, 2 * 2 * 3)
 
 
+def test_spectral_readout_is_a_mean_over_each_matrixs_singular_values():
+    """Per layer, the learned map's mean over (singular value over their RMS, rank): an
+    orthogonal matrix's values are all 1; permuting or negating rows and columns changes
+    nothing; matrices of any shape are read; a different spectrum reads differently."""
+    torch.manual_seed(0)
+    readout = SpectralReadout(3)
+    q = torch.linalg.qr(torch.randn(2, 6, 6))[0][:, :4]  # (2, 4, 6): orthonormal rows
+    w = torch.randn(2, 5, 3)
+    wb = [(2.5 * q, None), (w, torch.randn(2, 5))]
+    with torch.no_grad():
+        z = readout(wb)
+        torch.testing.assert_close(readout.spectrum(2.5 * q), torch.ones(2, 4))
+        for x, out in ((2.5 * q, z[0]), (w, z[1])):
+            s = torch.linalg.svdvals(x)
+            s = s / s.square().mean(-1, keepdim=True).sqrt()
+            k = s.shape[-1]
+            rank = ((torch.arange(k) + 0.5) / k).expand_as(s)
+            expected = readout.phi(torch.stack([s, rank], -1)).mean(1)
+            torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+        perm, signs = torch.randperm(5), torch.tensor([1.0, -1.0, 1.0])
+        moved = readout([(2.5 * q[:, torch.randperm(4)], None), (w[:, perm] * signs, None)])
+        for a, b in zip(moved, z):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        skewed = w * torch.tensor([3.0, 1.0, 0.2])  # a different spectrum
+        assert (readout([(skewed, None)])[0] - z[1]).abs().max() > 1e-3
+    assert [t.shape for t in z] == [(2, 3), (2, 3)] and readout.out_dim == 3
+
+
 def test_bad_options_are_config_errors():
     with pytest.raises(ConfigError, match=r"^encoder.kind: nfn needs networks with a hidden"):
         NFNEncoder(MLPSpec((4, 2)), 8)
@@ -200,6 +230,8 @@ def test_bad_options_are_config_errors():
         NFNEncoder(MLPSpec((4, 3, 2)), 8, activation="swish")
     with pytest.raises(ConfigError, match=r"^encoder.gram: channels of the angle readout, >= 0"):
         NFNEncoder(MLPSpec((4, 3, 2)), 8, gram=-1)
+    with pytest.raises(ConfigError, match=r"^encoder.spectral: channels of the spectral"):
+        NFNEncoder(MLPSpec((4, 3, 2)), 8, spectral=-1)
     # Canonicalized for the spec's one activation: a zoo mixing them is refused up front.
     with pytest.raises(ConfigError, match=r"^encoder.kind: nfn needs a zoo of one activation"):
         WeightAutoencoder(widths=(4, 3, 2), activations=["relu", "tanh"], encoder=ENCODER)

@@ -1,5 +1,5 @@
 """Building blocks the encoders and decoders share: MLP stacks, pre-norm transformer layers and
-the angle readout of the symmetry-aware encoders."""
+the angle and spectral readouts of the symmetry-aware encoders."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from weightspace.errors import ConfigError
 
-__all__ = ["ACTIVATIONS", "GramReadout", "mlp_layers", "transformer_layer"]
+__all__ = ["ACTIVATIONS", "GramReadout", "SpectralReadout", "mlp_layers", "transformer_layer"]
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -111,4 +111,53 @@ class GramReadout(nn.Module):
                 diag = f.diagonal(dim1=1, dim2=2).sum(-1)  # (N, C)
                 sides.append((f.sum((1, 2)) - diag) / max(h * (h - 1), 1))
             out.append(torch.cat(sides, -1))
+        return out
+
+
+class SpectralReadout(nn.Module):
+    """The shape of every weight matrix's spectrum: an invariant readout of second order.
+
+    For each layer, the singular values ``s_1 >= ... >= s_k`` of ``W_l`` over their root mean
+    square (the shape of the spectrum; the scale is read elsewhere), each with its rank
+    ``(i - 1/2) / k``, go through a learned pointwise MLP (``2 -> 16 -> channels``, an
+    activation after each), averaged over ``i``: a learned summary of the spectrum that reads
+    matrices of any size alike. Singular values are unchanged by permuting rows or columns and
+    by flipping their signs; computed in the encoder's canonical frame, the readout is
+    invariant to every symmetry the encoder is.
+
+    Why: what sets an init scheme apart survives training mostly in the spectra (an orthogonal
+    init's flat spectrum, a Gaussian's quarter circle, how each scheme scales with fan-in and
+    fan-out); NP layers and message passing compute means, and the angle readout
+    (:class:`GramReadout`) sees unit pairs; neither forms ``tr (W^T W)^p`` for ``p > 1`` or
+    anything else of the spectrum's shape.
+
+    Cost: one batched ``svdvals`` per layer, ``O(N out in min(out, in))``.
+
+    Args:
+        channels: numbers per weight matrix (``out_dim``).
+        activation: of the pointwise MLP.
+    """
+
+    def __init__(self, channels: int, activation: str = "relu"):
+        super().__init__()
+        self.phi = nn.Sequential(
+            mlp_layers([2, 16, channels], activation, 0.0, False), ACTIVATIONS[activation]()
+        )
+        self.out_dim = channels
+
+    @staticmethod
+    def spectrum(w: Tensor) -> Tensor:
+        """``(N, out, in) -> (N, k)``: singular values over their root mean square."""
+        s = torch.linalg.svdvals(w)
+        return s / s.square().mean(-1, keepdim=True).sqrt().clamp_min(1e-12)
+
+    def forward(self, wb: Sequence[tuple[Tensor, Tensor | None]]) -> list[Tensor]:
+        """Per layer ``W (N, out, in)`` (biases are not read) -> per layer ``(N, out_dim)``."""
+        out = []
+        for w, _ in wb:
+            s = self.spectrum(w)  # (N, k)
+            k = s.shape[-1]
+            rank = (torch.arange(k, dtype=s.dtype, device=s.device) + 0.5) / k
+            x = torch.stack([s, rank.expand_as(s)], -1)  # (N, k, 2)
+            out.append(self.phi(x).mean(1))
         return out

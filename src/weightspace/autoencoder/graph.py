@@ -66,7 +66,7 @@ from dataclasses import replace
 import torch
 from torch import Tensor, nn
 
-from weightspace.autoencoder.blocks import GramReadout, mlp_layers
+from weightspace.autoencoder.blocks import GramReadout, SpectralReadout, mlp_layers
 from weightspace.autoencoder.entry_norm import make_standardizer
 from weightspace.errors import ConfigError
 from weightspace.nets.spec import ACTIVATIONS, MLPSpec, Params, bias_name, layers, weight_name
@@ -205,6 +205,10 @@ class GraphEncoder(nn.Module):
             ``pooled``; 0: off). Message passing meets two units' weights only two hops
             apart and summed against every unit's state; the readout gives each pair's
             angle directly.
+        spectral: ``C``, channels of the spectral readout
+            (:class:`~weightspace.autoencoder.blocks.SpectralReadout`: a learned summary of
+            each weight matrix's singular values in the canonical frame; per layer with
+            ``readout=layers``, first / last / mean with ``pooled``; 0: off).
     """
 
     reads_params = True
@@ -227,6 +231,7 @@ class GraphEncoder(nn.Module):
         probe: int = 0,
         probe_inputs: Tensor | None = None,
         gram: int = 0,
+        spectral: int = 0,
     ):
         super().__init__()
         if readout not in READOUTS:
@@ -255,6 +260,10 @@ class GraphEncoder(nn.Module):
             raise ConfigError(f"encoder.probe: {probe}, must be >= 0")
         if gram < 0:
             raise ConfigError(f"encoder.gram: channels of the angle readout, >= 0, got {gram}")
+        if spectral < 0:
+            raise ConfigError(
+                f"encoder.spectral: channels of the spectral readout, >= 0, got {spectral}"
+            )
         if probe and len(acts) > 1:
             raise ConfigError(
                 f"encoder.probe: runs each network, and this zoo mixes {', '.join(acts)} (the "
@@ -290,12 +299,15 @@ class GraphEncoder(nn.Module):
         )
         self.norm = nn.LayerNorm(d)
         self.gram = GramReadout(gram) if gram else None
+        self.spectral = SpectralReadout(spectral) if spectral else None
         if readout == "layers":
             width = d * (spec.n_layers - 1) + d * spec.widths[-1] + d + c * spec.n_layers
             width += (spec.n_layers - 1) * self.gram.out_dim if gram else 0
+            width += spec.n_layers * spectral
         else:
             width = 3 * d + d * spec.widths[-1] + d + 3 * c
             width += 3 * self.gram.out_dim if gram else 0
+            width += 3 * spectral
         self.head = mlp_layers([width, readout_hidden, latent_dim], "gelu", 0.0, True)
 
     def spec_of(self, params: Params) -> MLPSpec:
@@ -404,6 +416,9 @@ class GraphEncoder(nn.Module):
                     else [h.new_zeros(len(h), 3 * self.gram.out_dim)]
                 )
             pooled += angles
+        if self.spectral is not None:  # the shape of every weight matrix's spectrum
+            spectra = self.spectral(wb_canon)
+            pooled += _first_last_mean(spectra) if self.readout == "pooled" else spectra
         return self.head(torch.cat(pooled + edges, -1))
 
 

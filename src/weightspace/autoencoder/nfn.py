@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from weightspace.autoencoder.blocks import ACTIVATIONS, GramReadout, mlp_layers
+from weightspace.autoencoder.blocks import ACTIVATIONS, GramReadout, SpectralReadout, mlp_layers
 from weightspace.autoencoder.entry_norm import make_standardizer
 from weightspace.errors import ConfigError
 from weightspace.nets.spec import MLPSpec, Params, layers
@@ -164,6 +164,9 @@ class NFNEncoder(nn.Module):
     - **Angles** (``gram=C``, off by default): :class:`GramReadout`'s ``C`` numbers per
       hidden layer and side join the readout: how the units' weight vectors point relative
       to each other, which NP layers do not compute.
+    - **Spectra** (``spectral=C``, off by default): :class:`SpectralReadout`'s ``C`` numbers
+      per layer join the readout: the shape of each weight matrix's singular values, in the
+      canonical frame.
 
     Reads the networks' denormalized parameters ``{name: (N, *shape)}`` (``reads_params``).
     """
@@ -183,6 +186,7 @@ class NFNEncoder(nn.Module):
         layer_norm: bool = True,
         center: str | None = None,
         gram: int = 0,
+        spectral: int = 0,
     ):
         super().__init__()
         if spec.n_layers < 2:
@@ -200,6 +204,10 @@ class NFNEncoder(nn.Module):
             )
         if gram < 0:
             raise ConfigError(f"encoder.gram: channels of the angle readout, >= 0, got {gram}")
+        if spectral < 0:
+            raise ConfigError(
+                f"encoder.spectral: channels of the spectral readout, >= 0, got {spectral}"
+            )
         if canonical not in (True, False, "sign"):
             raise ConfigError(f"encoder.canonical: {canonical!r} (choose true, false or sign)")
         self.spec = spec
@@ -216,6 +224,8 @@ class NFNEncoder(nn.Module):
         n_pooled = channels * (2 * n + n_in + 2 * n_out) + n  # + the log scales
         self.gram = GramReadout(gram, activation) if gram else None
         n_pooled += (n - 1) * self.gram.out_dim if gram else 0
+        self.spectral = SpectralReadout(spectral, activation) if spectral else None
+        n_pooled += n * spectral
         self.head = mlp_layers([n_pooled, *hidden, latent_dim], activation, 0.0, layer_norm)
 
     def canonicalize(self, params: Params) -> Params:
@@ -256,4 +266,6 @@ class NFNEncoder(nn.Module):
         pooled = [self.pool(feats), log_scales]
         if self.gram is not None:
             pooled += self.gram(list(layers(canon, self.spec)))
+        if self.spectral is not None:
+            pooled += self.spectral(list(layers(canon, self.spec)))
         return self.head(torch.cat(pooled, -1))
