@@ -263,6 +263,7 @@ TRAIN_AUTOENCODER: dict[str, Check] = {
     "model.features.input": NULL | BOOL | choice("add", "concat"),  # false: null, true: add
     "model.features.weight": number(0),
     "model.features.whiten": number(0),
+    "model.features.origin": number(0),
     "model.features.spectrum": BOOL,
     "model.features.products": BOOL,
     "model.features.function": BOOL,

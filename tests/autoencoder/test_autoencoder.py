@@ -405,7 +405,7 @@ def test_checkpoint_reloads_strictly_with_identical_outputs(encoder, views_datam
         functional_weight=1.0,
         field_weight=0.5,
         field_hidden=[16],
-        features={"weight": 0.5, "input": True},
+        features={"weight": 0.5, "input": True, "origin": 0.5},
     )
     trainer = quiet_trainer(max_steps=2, limit_val_batches=0)
     trainer.fit(model, datamodule=views_datamodule)
@@ -428,6 +428,7 @@ def test_checkpoint_reloads_strictly_with_identical_outputs(encoder, views_datam
     assert loaded.hparams.features == {
         "input": "add",
         "weight": 0.5,
+        "origin": 0.5,
         "spectrum": False,
         "products": False,
         "function": False,

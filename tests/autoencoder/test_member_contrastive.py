@@ -1,4 +1,4 @@
-"""Checkpoints of one member as contrastive positives: the loss, the grouped sampler, the config."""
+"""A member's checkpoints together: contrastive positives, the origin head, the grouped sampler."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import pytest
 import torch
 from test_autoencoder import ae_cfg, small_model
 
-from weightspace.autoencoder.losses import nt_xent, sup_con
+from weightspace.autoencoder.losses import first_checkpoint_rows, member_keys, nt_xent, sup_con
+from weightspace.autoencoder.options import FeatureUse
 from weightspace.autoencoder.train import build, train
 from weightspace.data.datamodule import EpochShuffleSampler, WeightDataModule
 from weightspace.data.dataset import WeightDataset
@@ -116,21 +117,69 @@ def test_member_positives_need_no_views_and_refuse_a_bad_value(grouped):
         small_model(grouped, contrastive_weight=0.5, contrastive_positives="runs")
 
 
+# --------------------------------------------------------------------------- the origin head
+def test_first_checkpoint_rows_find_each_members_earliest_checkpoint_in_the_batch():
+    keys = torch.tensor([7, 7, 3, 7, 3, 5, 9])
+    epochs = torch.tensor([5, 0, 1, 20, 0, 1, 0])
+    assert first_checkpoint_rows(keys, epochs).tolist() == [1, 1, 4, 1, 4, -1, 6]
+    batch = {"zoo_index": torch.tensor([0, 1]), "member_id": torch.tensor([4, 4])}
+    assert member_keys(batch)[0] != member_keys(batch)[1]  # one id in two zoos: two members
+
+
+def test_origin_head_predicts_the_features_of_each_members_first_checkpoint(grouped):
+    model = small_model(grouped, features={"weight": 0.0, "origin": 1.0})
+    assert model.stats_head is None and model.origin_head is not None
+    batch = next(iter(grouped.train_dataloader()))
+    terms = model.compute_losses(batch)
+    flat = model.flat_weights(batch)
+    with torch.no_grad():
+        stats = model.weight_statistics(flat)
+        pred = model.origin_head(model.encode(batch))
+    first = first_checkpoint_rows(member_keys(batch), batch["epoch"])
+    has = first >= 0
+    assert has.sum() >= 6 and (batch["epoch"][first[has]] == batch["epoch"].min()).all()
+    expected = torch.nn.functional.mse_loss(pred[has], stats[first[has]])
+    torch.testing.assert_close(terms["origin"], expected)
+    # the trained checkpoints' own features are another target: the head is asked the start
+    assert not torch.allclose(terms["origin"], torch.nn.functional.mse_loss(pred, stats))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    values = []
+    for _ in range(40):
+        opt.zero_grad()
+        t = model.compute_losses(batch)
+        t["loss"].backward()
+        opt.step()
+        values.append(t["origin"].item())
+    assert values[-1] < 0.7 * values[0], f"{values[0]:.4f} -> {values[-1]:.4f}"
+
+
+def test_origin_option_is_saved_only_when_on_and_checked():
+    assert "origin" not in FeatureUse.from_dict({"weight": 1.0}).to_dict()
+    use = FeatureUse.from_dict({"origin": 2.0})
+    assert use.to_dict()["origin"] == 2.0 and use.used
+    with pytest.raises(ConfigError, match=r"^features.origin: -1.0, must be >= 0"):
+        FeatureUse.from_dict({"origin": -1})
+
+
+# --------------------------------------------------------------------------- the config
 MEMBER = ["model.contrastive_weight=1.0", "model.contrastive_positives=member"]
+ORIGIN = ["model.features.origin=1.0"]
 
 
 @pytest.mark.parametrize(
     "extra, message",
     [
-        ([], "set data.group_by_member=true"),
-        (["data.group_by_member=true", "data.epochs=last"], "keeps one checkpoint"),
-        (["data.group_by_member=true", "data.epochs=[3]"], "keeps one checkpoint"),
+        (MEMBER, "^model.contrastive_positives=member: .* set data.group_by_member=true"),
+        ([*MEMBER, "data.group_by_member=true", "data.epochs=last"], "keeps one checkpoint"),
+        ([*MEMBER, "data.group_by_member=true", "data.epochs=[3]"], "keeps one checkpoint"),
+        (ORIGIN, "^model.features.origin: .* set data.group_by_member=true"),
+        ([*ORIGIN, "data.group_by_member=true", "data.epochs=last"], "keeps one checkpoint"),
     ],
 )
-def test_member_positives_without_positives_stop_before_training(
+def test_member_options_without_siblings_stop_before_training(
     extra, message, api_zoo_path, tmp_path
 ):
-    cfg = ae_cfg(tmp_path, api_zoo_path, *MEMBER, *extra)
+    cfg = ae_cfg(tmp_path, api_zoo_path, *extra)
     with pytest.raises(ConfigError, match=message):
         build(cfg, [api_zoo_path])
     assert not (tmp_path / "run").exists()

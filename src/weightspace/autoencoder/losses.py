@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -11,7 +11,9 @@ from torch import Tensor
 __all__ = [
     "CONTRASTIVE_POSITIVES",
     "FUNCTIONAL_KINDS",
+    "first_checkpoint_rows",
     "functional_loss",
+    "member_keys",
     "nt_xent",
     "reconstruction_loss",
     "sup_con",
@@ -38,6 +40,19 @@ def nt_xent(a: Tensor, b: Tensor, temperature: float) -> Tensor:
     n = len(a)
     target = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
     return F.cross_entropy(sim, target)
+
+
+def member_keys(batch: Mapping[str, Tensor]) -> Tensor:
+    """One integer per item of a batch naming its member across zoos: ``(B,)`` int64."""
+    return batch["zoo_index"].long() * (1 << 32) + batch["member_id"].long()
+
+
+def first_checkpoint_rows(keys: Tensor, epochs: Tensor) -> Tensor:
+    """For each row, the row of its member's checkpoint at the batch's earliest epoch
+    (itself when it is one), or -1 when the batch holds none: ``(N,)`` int64."""
+    first = epochs == epochs.min()
+    match = (keys[:, None] == keys[None, :]) & first[None, :]
+    return torch.where(match.any(1), match.int().argmax(1), -1)
 
 
 def sup_con(p: Tensor, labels: Tensor, temperature: float) -> Tensor:

@@ -21,12 +21,16 @@ Losses (:mod:`~weightspace.autoencoder.losses`), each weighted (0 switches it of
 - ``recon``: MSE on normalized weights, averaged over each ``state_dict`` tensor first, so
   a small bias vector counts as much as the large first-layer matrix.
 - ``contrastive``: NT-Xent between the latents of two augmented views of each network
-  (a datamodule with ``augment`` and ``views=2``), through a small projection head.
+  (a datamodule with ``augment`` and ``views=2``), through a small projection head; or, with
+  ``contrastive_positives=member``, supervised contrastive over the batch's members (every
+  checkpoint of a member a positive; ``data.group_by_member``).
 - ``functional``: the decoded network, denormalized and run with
   :func:`weightspace.nets.forward.forward` on fixed probe inputs from the zoo's task, must
   reproduce the original's outputs (MSE on outputs, or KL between softmaxes).
 - ``stats``: a linear head on the latent predicts the hand-made invariant features
   (:class:`~weightspace.autoencoder.options.FeatureUse`, ``features.weight``).
+- ``origin``: a second head predicts those of the member's first checkpoint in the batch
+  (its init; ``features.origin``, with ``data.group_by_member``).
 - ``field``: a conditional neural field on the latent and a probe input
   (:class:`~weightspace.autoencoder.decoders.FieldDecoder`, inr2vec's decoder) must give the
   original's output at that input (``functional_kind`` again): the latent has to carry what
@@ -56,7 +60,9 @@ from weightspace.autoencoder.legacy import is_old_hparams, upgrade_hparams
 from weightspace.autoencoder.losses import (
     CONTRASTIVE_POSITIVES,
     FUNCTIONAL_KINDS,
+    first_checkpoint_rows,
     functional_loss,
+    member_keys,
     nt_xent,
     reconstruction_loss,
     sup_con,
@@ -223,6 +229,7 @@ class WeightAutoencoder(WeightReader, pl.LightningModule):
         if use.used and not (len(stats_mean) == len(stats_std) == n_stats):
             raise ConfigError(f"stats_mean, stats_std: need {n_stats} values each")
         self.stats_head = nn.Linear(latent_dim, n_stats) if use.weight > 0 else None
+        self.origin_head = nn.Linear(latent_dim, n_stats) if use.origin > 0 else None
         if use.whiten:  # (a buffer only then: earlier checkpoints reload strictly)
             if stats_whiten is not None and tuple(np.shape(stats_whiten)) != (n_stats, n_stats):
                 raise ConfigError(f"stats_whiten: needs shape ({n_stats}, {n_stats})")
@@ -445,7 +452,8 @@ class WeightAutoencoder(WeightReader, pl.LightningModule):
         b, v, d = x.shape
         flat = x.reshape(b * v, d)
         stats = None
-        if self.stats_in is not None or self.stats_head is not None or self.stats_concat:
+        heads = (self.stats_in, self.stats_head, self.origin_head)
+        if any(h is not None for h in heads) or self.stats_concat:
             with torch.no_grad():
                 stats = self.weight_statistics(flat)  # (B*V, S), an input and a target
         z = self._encode_flat(flat, stats)  # (B*V, latent)
@@ -458,9 +466,15 @@ class WeightAutoencoder(WeightReader, pl.LightningModule):
                 terms["stats"] = ((pred - stats) @ self.stats_whiten).square().mean()
             else:
                 terms["stats"] = F.mse_loss(pred, stats)
+        if self.origin_head is not None:  # every checkpoint predicts its member's first one
+            first = first_checkpoint_rows(
+                member_keys(batch).repeat_interleave(v), batch["epoch"].repeat_interleave(v)
+            )
+            has = first >= 0
+            pred = self.origin_head(z[has])
+            terms["origin"] = F.mse_loss(pred, stats[first[has]]) if has.any() else pred.sum()
         if self.projection is not None and hp.contrastive_positives == "member":
-            key = batch["zoo_index"].long() * (1 << 32) + batch["member_id"].long()
-            labels = key.to(z.device).repeat_interleave(v)  # views of an item: one member
+            labels = member_keys(batch).to(z.device).repeat_interleave(v)  # views: one member
             terms["contrastive"] = sup_con(self.projection(z), labels, hp.temperature)
         elif v >= 2 and self.projection is not None:
             p = self.projection(z).view(b, v, -1)
@@ -492,6 +506,7 @@ class WeightAutoencoder(WeightReader, pl.LightningModule):
             "contrastive": hp.contrastive_weight,
             "functional": hp.functional_weight,
             "stats": self.features.weight,
+            "origin": self.features.origin,
             "field": hp.field_weight,
         }
         terms["loss"] = sum(weights[k] * terms[k] for k in weights if k in terms and weights[k] > 0)

@@ -63,24 +63,33 @@ class FeatureUse:
       where a hyperparameter like the init scheme may live (docs/results.md). ``ε`` keeps
       directions of almost no variance (noise, duplicate features) from counting as much.
       0 (the default): the plain MSE.
+    - ``origin``: a second linear head on the latent must predict the features of the
+      member's *first* checkpoint in the batch — its init, when the zoo saved epoch 0 and
+      ``data.group_by_member`` keeps a member's checkpoints together — from every checkpoint
+      of it (the loss term ``origin``; 0 turns it off). No label is read: the start is part
+      of the zoo. What a network started from survives training only in small directions of
+      its own features (docs/results.md), which a head on its own features fits last.
 
     In the hyperparameters as one flat plain dict (:meth:`to_dict`):
-    ``{"input", "weight", "spectrum", "products", "function"}``, and ``"whiten"`` when > 0.
+    ``{"input", "weight", "spectrum", "products", "function"}``, and ``"whiten"``,
+    ``"origin"`` when > 0.
     """
 
     spec: FeatureSpec = field(default_factory=FeatureSpec)
     input: str | None = None
     weight: float = 0.0
     whiten: float = 0.0
+    origin: float = 0.0
 
     @property
     def used(self) -> bool:
         """Whether the model computes the features at all (and needs their mean and std)."""
-        return self.input is not None or self.weight > 0
+        return self.input is not None or self.weight > 0 or self.origin > 0
 
     def to_dict(self) -> dict[str, Any]:
-        whiten = {"whiten": self.whiten} if self.whiten else {}  # earlier runs' dicts unchanged
-        return {"input": self.input, "weight": self.weight, **whiten, **self.spec.to_dict()}
+        # whiten and origin only when on: earlier runs' dicts unchanged
+        extra = {k: v for k, v in (("whiten", self.whiten), ("origin", self.origin)) if v}
+        return {"input": self.input, "weight": self.weight, **extra, **self.spec.to_dict()}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> FeatureUse:
@@ -98,14 +107,17 @@ class FeatureUse:
             raise ConfigError(f"features.whiten: {whiten}, must be >= 0 (0: off)")
         if whiten and not weight:
             raise ConfigError("features.whiten: weighs the head's error; set features.weight > 0")
+        origin = float(d.pop("origin", 0.0) or 0.0)
+        if not origin >= 0:
+            raise ConfigError(f"features.origin: {origin}, must be >= 0 (0: off)")
         names = set(asdict(FeatureSpec()))
         unknown = sorted(set(d) - names)
         if unknown:
             raise ConfigError(
-                f"features: unknown option {', '.join(unknown)} (have input, weight, whiten, "
+                f"features: unknown option {', '.join(unknown)} (have input, weight, whiten, origin, "
                 f"{', '.join(sorted(names))})"
             )
-        return cls(FeatureSpec(**d), inp, weight, whiten)
+        return cls(FeatureSpec(**d), inp, weight, whiten, origin)
 
 
 def part_kind(config: Mapping[str, Any]) -> str:

@@ -329,22 +329,28 @@ def _evaluate(
 
 
 def _check_positives(cfg: DictConfig) -> None:
-    """``contrastive_positives=member`` needs train batches with several checkpoints of a
-    member (or views): refused before training rather than trained with a silent 0."""
+    """``contrastive_positives=member`` and ``features.origin`` need train batches with
+    several checkpoints of a member: refused before training rather than trained with a
+    silent 0."""
     model, data = cfg.get("model", {}), cfg.get("data", {})
-    if model.get("contrastive_weight", 0) <= 0 or model.get("contrastive_positives") != "member":
+    member = (
+        model.get("contrastive_weight", 0) > 0
+        and model.get("contrastive_positives") == "member"
+        and int(data.get("views", 1)) < 2
+    )
+    origin = (model.get("features") or {}).get("origin") or 0
+    if not member and not origin > 0:
         return
-    if int(data.get("views", 1)) > 1:
-        return
+    what = "model.contrastive_positives=member" if member else "model.features.origin"
     if not data.get("group_by_member", False):
         raise ConfigError(
-            "model.contrastive_positives=member: a train batch needs several checkpoints of a "
-            "member; set data.group_by_member=true"
+            f"{what}: a train batch needs several checkpoints of a member; set "
+            "data.group_by_member=true"
         )
     if data.get("epochs") == "last" or len(data.get("epochs") or [0, 1]) < 2:
         raise ConfigError(
-            f"model.contrastive_positives=member: data.epochs={data.get('epochs')} keeps one "
-            "checkpoint per member; keep several (null, or a list) or use views"
+            f"{what}: data.epochs={data.get('epochs')} keeps one checkpoint per member; keep "
+            "several (null, or a list)"
         )
 
 
