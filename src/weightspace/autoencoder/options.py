@@ -114,8 +114,8 @@ class FeatureUse:
         unknown = sorted(set(d) - names)
         if unknown:
             raise ConfigError(
-                f"features: unknown option {', '.join(unknown)} (have input, weight, whiten, origin, "
-                f"{', '.join(sorted(names))})"
+                f"features: unknown option {', '.join(unknown)} (have input, weight, whiten, "
+                f"origin, {', '.join(sorted(names))})"
             )
         return cls(FeatureSpec(**d), inp, weight, whiten, origin)
 
