@@ -89,7 +89,13 @@ def test_latent_is_invariant_to_hidden_permutations(activation):
 
 @pytest.mark.parametrize(
     "activation, readouts",
-    [("relu", {}), ("leaky_relu", {}), ("relu", {"gram": 3}), ("relu", {"spectral": 3})],
+    [
+        ("relu", {}),
+        ("leaky_relu", {}),
+        ("relu", {"gram": 3}),
+        ("relu", {"spectral": 3}),
+        ("relu", {"entries": 3}),
+    ],
 )
 def test_latent_is_invariant_to_positive_rescaling_of_relu_units(activation, readouts):
     spec = MLPSpec(WIDTHS, activation)
@@ -113,7 +119,7 @@ def test_symmetry_sign_keeps_permutations_and_sign_flips_not_relu_scales(activat
     tanh = activation == "tanh"
     moved = permuted(spec, rescaled(spec, params, signs=tanh))
     with torch.no_grad():
-        enc = encoder(spec, symmetry="sign", gram=3, spectral=3)
+        enc = encoder(spec, symmetry="sign", gram=3, spectral=3, entries=3)
         torch.testing.assert_close(enc(permuted(spec, params)), enc(params), **TOL)
         if tanh:
             torch.testing.assert_close(enc(moved), enc(params), **TOL)
@@ -122,7 +128,7 @@ def test_symmetry_sign_keeps_permutations_and_sign_flips_not_relu_scales(activat
     assert (enc.scale, enc.sign) == (False, tanh)
 
 
-@pytest.mark.parametrize("readouts", [{}, {"gram": 3}, {"spectral": 3}])
+@pytest.mark.parametrize("readouts", [{}, {"gram": 3}, {"spectral": 3}, {"entries": 3}])
 def test_latent_is_invariant_to_sign_flips_of_tanh_units(readouts):
     spec = MLPSpec(WIDTHS, "tanh")
     params = random_params(spec)
@@ -239,6 +245,8 @@ def test_zoos_it_cannot_read_stop_before_training():
         GraphEncoder(spec, 5, gram=-2)
     with pytest.raises(ConfigError, match=r"^encoder.spectral: channels of the spectral"):
         GraphEncoder(spec, 5, spectral=-2)
+    with pytest.raises(ConfigError, match=r"^encoder.entries: channels of the entry readout"):
+        GraphEncoder(spec, 5, entries=-2)
     # One symmetry for all members: canonicalized alike; or permutations only.
     assert GraphEncoder(spec, 5, activations=["relu", "leaky_relu"]).scale
     assert not GraphEncoder(spec, 5, activations=["relu", "tanh"], symmetry="permutation").scale

@@ -43,7 +43,12 @@ def pooled(spec: MLPSpec, **options) -> GraphEncoder:
 
 @pytest.mark.parametrize(
     "activation, readouts",
-    [("relu", {}), ("tanh", {}), ("relu", {"gram": 3}), ("tanh", {"gram": 3, "spectral": 3})],
+    [
+        ("relu", {}),
+        ("tanh", {}),
+        ("relu", {"gram": 3}),
+        ("tanh", {"gram": 3, "spectral": 3, "entries": 3}),
+    ],
 )
 def test_one_encoder_reads_three_architectures_invariantly(activation, readouts):
     """The deepest architecture's encoder reads all three; each latent is unchanged (1e-5)

@@ -12,7 +12,7 @@ from helpers import SMALL_OVERRIDES, quiet_trainer
 from hydra import compose, initialize_config_dir
 
 from weightspace.autoencoder import WeightAutoencoder
-from weightspace.autoencoder.blocks import GramReadout, SpectralReadout
+from weightspace.autoencoder.blocks import EntryReadout, GramReadout, SpectralReadout
 from weightspace.autoencoder.nfn import NFNEncoder, NPLayer
 from weightspace.autoencoder.train import CONFIG_DIR, CONFIG_NAME, train
 from weightspace.data.datamodule import WeightDataModule
@@ -71,12 +71,15 @@ def unit_factors(spec: MLPSpec, n: int, gen: torch.Generator) -> dict[str, torch
         ("tanh", False, 4, 0),
         ("relu", True, 0, 3),
         ("tanh", True, 4, 3),
+        ("relu", False, 0, -3),  # negative: the entry readout with 3 channels
+        ("tanh", True, 0, -3),
     ],
 )
 def test_latent_is_invariant_to_the_symmetries_of_hidden_units(activation, bias, gram, spectral):
     spec = MLPSpec((7, 6, 5, 4, 3), activation, bias)
     torch.manual_seed(0)
-    encoder = NFNEncoder(spec, 8, **SMALL_NFN, gram=gram, spectral=spectral).eval()
+    readouts = {"spectral": spectral} if spectral >= 0 else {"entries": -spectral}
+    encoder = NFNEncoder(spec, 8, **SMALL_NFN, gram=gram, **readouts).eval()
     params = random_params(spec, 16)
     gen = torch.Generator().manual_seed(1)
     ps = mlp_permutation_spec(spec)
@@ -107,7 +110,9 @@ def test_canonical_sign_keeps_permutations_and_sign_flips_not_relu_scales(activa
     relu unit's scale is read as trained, so rescaling moves the latent."""
     spec = MLPSpec((7, 6, 5, 4, 3), activation)
     torch.manual_seed(0)
-    encoder = NFNEncoder(spec, 8, **SMALL_NFN, gram=4, spectral=3, canonical="sign").eval()
+    encoder = NFNEncoder(
+        spec, 8, **SMALL_NFN, gram=4, spectral=3, entries=3, canonical="sign"
+    ).eval()
     params = random_params(spec, 16)
     gen = torch.Generator().manual_seed(1)
     ps = mlp_permutation_spec(spec)
@@ -223,6 +228,33 @@ def test_spectral_readout_is_a_mean_over_each_matrixs_singular_values():
     assert [t.shape for t in z] == [(2, 3), (2, 3)] and readout.out_dim == 3
 
 
+def test_entry_readout_is_a_mean_over_each_tensors_entries_with_its_scale():
+    """Per layer, the learned map's mean over the weight's entries over their RMS and its log
+    RMS, then the bias's (zeros without one); the entries' order does not matter; a uniform
+    and a Gaussian matrix of one RMS read differently."""
+    torch.manual_seed(0)
+    readout = EntryReadout(3)
+    gen = torch.Generator().manual_seed(2)
+    w, b = torch.randn(4, 6, 5, generator=gen), torch.randn(4, 6, generator=gen)
+    w2 = torch.randn(4, 3, 6, generator=gen)
+    with torch.no_grad():
+        z = readout([(w, b), (w2, None)])
+        assert [t.shape for t in z] == [(4, 8), (4, 8)] and readout.out_dim == 4
+        for x, got in ((w, z[0][:, :4]), (b, z[0][:, 4:]), (w2, z[1][:, :4])):
+            x = x.flatten(1)
+            rms = x.square().mean(1, keepdim=True).sqrt()
+            expected = torch.cat([readout.phi((x / rms)[..., None]).mean(1), rms.log()], -1)
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+        assert not z[1][:, 4:].any()  # no bias: zeros
+        shuffled = w.flatten(1)[:, torch.randperm(30)].view(4, 6, 5)
+        torch.testing.assert_close(readout([(shuffled, b)])[0], z[0], rtol=1e-5, atol=1e-6)
+        gauss = torch.randn(1, 64, 64, generator=gen)
+        unif = (torch.rand(1, 64, 64, generator=gen) * 2 - 1) * 3**0.5  # RMS 1 as well
+        a, c = readout([(gauss, None)])[0], readout([(unif, None)])[0]
+        assert abs(a[0, 3] - c[0, 3]) < 0.05  # same scale ...
+        assert (a[0, :3] - c[0, :3]).abs().max() > 1e-3  # ... different shape
+
+
 def test_bad_options_are_config_errors():
     with pytest.raises(ConfigError, match=r"^encoder.kind: nfn needs networks with a hidden"):
         NFNEncoder(MLPSpec((4, 2)), 8)
@@ -232,6 +264,8 @@ def test_bad_options_are_config_errors():
         NFNEncoder(MLPSpec((4, 3, 2)), 8, gram=-1)
     with pytest.raises(ConfigError, match=r"^encoder.spectral: channels of the spectral"):
         NFNEncoder(MLPSpec((4, 3, 2)), 8, spectral=-1)
+    with pytest.raises(ConfigError, match=r"^encoder.entries: channels of the entry readout"):
+        NFNEncoder(MLPSpec((4, 3, 2)), 8, entries=-1)
     # Canonicalized for the spec's one activation: a zoo mixing them is refused up front.
     with pytest.raises(ConfigError, match=r"^encoder.kind: nfn needs a zoo of one activation"):
         WeightAutoencoder(widths=(4, 3, 2), activations=["relu", "tanh"], encoder=ENCODER)

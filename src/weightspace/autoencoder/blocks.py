@@ -1,5 +1,5 @@
 """Building blocks the encoders and decoders share: MLP stacks, pre-norm transformer layers and
-the angle and spectral readouts of the symmetry-aware encoders."""
+the angle, spectral and entry readouts of the symmetry-aware encoders."""
 
 from __future__ import annotations
 
@@ -10,7 +10,14 @@ from torch import Tensor, nn
 
 from weightspace.errors import ConfigError
 
-__all__ = ["ACTIVATIONS", "GramReadout", "SpectralReadout", "mlp_layers", "transformer_layer"]
+__all__ = [
+    "ACTIVATIONS",
+    "EntryReadout",
+    "GramReadout",
+    "SpectralReadout",
+    "mlp_layers",
+    "transformer_layer",
+]
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -161,3 +168,51 @@ class SpectralReadout(nn.Module):
             x = torch.stack([s, rank.expand_as(s)], -1)  # (N, k, 2)
             out.append(self.phi(x).mean(1))
         return out
+
+
+class EntryReadout(nn.Module):
+    """How each tensor's entries are distributed: a learned first-order invariant readout.
+
+    For each weight matrix and bias, its entries over their root mean square go through a
+    learned pointwise MLP (``1 -> 16 -> channels``, an activation after each), averaged over
+    the entries (a DeepSets over the entries), with the tensor's log root mean square: the
+    learned counterpart of the per-tensor statistics (Unterthiner et al. 2020), which read
+    moments and quantiles. Permutations only move entries and signs are fixed by the
+    canonical frame, so the readout is invariant to every symmetry the encoder is.
+
+    Why: a uniform init and a Gaussian one of the same variance differ in the entries' shape
+    (the largest |w| / RMS is ~1.7 against ~3.5), Kaiming and Xavier in how the scale goes
+    from layer to layer; NP layers and message passing carry both only through their mixed
+    channels, and a self-supervised latent kept neither (docs/results.md).
+
+    Memory: ``N x entries x 16`` numbers per tensor, held for the backward pass.
+
+    Args:
+        channels: learned numbers per tensor (``out_dim = channels + 1`` with its log scale;
+            a layer gives ``2 * out_dim``, weight and bias).
+        activation: of the pointwise MLP.
+    """
+
+    def __init__(self, channels: int, activation: str = "relu"):
+        super().__init__()
+        self.phi = nn.Sequential(
+            mlp_layers([1, 16, channels], activation, 0.0, False), ACTIVATIONS[activation]()
+        )
+        self.out_dim = channels + 1
+
+    def forward(self, wb: Sequence[tuple[Tensor, Tensor | None]]) -> list[Tensor]:
+        """Per layer ``W (N, out, in)``, ``b (N, out)`` or None -> per layer
+        ``(N, 2 * out_dim)``: the weight's numbers, then the bias's (zeros without one, so
+        networks with and without biases give one width)."""
+        out = []
+        for w, b in wb:
+            parts = [self.summary(w)]
+            parts.append(w.new_zeros(len(w), self.out_dim) if b is None else self.summary(b))
+            out.append(torch.cat(parts, -1))
+        return out
+
+    def summary(self, x: Tensor) -> Tensor:
+        """``(N, ...) -> (N, out_dim)``: the learned mean over the entries, the log scale."""
+        x = x.flatten(1)
+        rms = x.square().mean(1, keepdim=True).sqrt().clamp_min(1e-12)  # (N, 1)
+        return torch.cat([self.phi((x / rms)[..., None]).mean(1), rms.log()], -1)

@@ -66,7 +66,7 @@ from dataclasses import replace
 import torch
 from torch import Tensor, nn
 
-from weightspace.autoencoder.blocks import GramReadout, SpectralReadout, mlp_layers
+from weightspace.autoencoder.blocks import EntryReadout, GramReadout, SpectralReadout, mlp_layers
 from weightspace.autoencoder.entry_norm import make_standardizer
 from weightspace.errors import ConfigError
 from weightspace.nets.spec import ACTIVATIONS, MLPSpec, Params, bias_name, layers, weight_name
@@ -209,6 +209,10 @@ class GraphEncoder(nn.Module):
             (:class:`~weightspace.autoencoder.blocks.SpectralReadout`: a learned summary of
             each weight matrix's singular values in the canonical frame; per layer with
             ``readout=layers``, first / last / mean with ``pooled``; 0: off).
+        entries: ``C``, channels of the entry readout
+            (:class:`~weightspace.autoencoder.blocks.EntryReadout`: a learned summary of how
+            each tensor's entries are distributed, and its log scale, in the canonical frame;
+            per layer with ``readout=layers``, first / last / mean with ``pooled``; 0: off).
     """
 
     reads_params = True
@@ -232,6 +236,7 @@ class GraphEncoder(nn.Module):
         probe_inputs: Tensor | None = None,
         gram: int = 0,
         spectral: int = 0,
+        entries: int = 0,
     ):
         super().__init__()
         if readout not in READOUTS:
@@ -263,6 +268,10 @@ class GraphEncoder(nn.Module):
         if spectral < 0:
             raise ConfigError(
                 f"encoder.spectral: channels of the spectral readout, >= 0, got {spectral}"
+            )
+        if entries < 0:
+            raise ConfigError(
+                f"encoder.entries: channels of the entry readout, >= 0, got {entries}"
             )
         if probe and len(acts) > 1:
             raise ConfigError(
@@ -300,14 +309,16 @@ class GraphEncoder(nn.Module):
         self.norm = nn.LayerNorm(d)
         self.gram = GramReadout(gram) if gram else None
         self.spectral = SpectralReadout(spectral) if spectral else None
+        self.entries = EntryReadout(entries) if entries else None
+        per_layer = 2 * self.entries.out_dim if entries else 0  # weight, bias
         if readout == "layers":
             width = d * (spec.n_layers - 1) + d * spec.widths[-1] + d + c * spec.n_layers
             width += (spec.n_layers - 1) * self.gram.out_dim if gram else 0
-            width += spec.n_layers * spectral
+            width += spec.n_layers * (spectral + per_layer)
         else:
             width = 3 * d + d * spec.widths[-1] + d + 3 * c
             width += 3 * self.gram.out_dim if gram else 0
-            width += 3 * spectral
+            width += 3 * (spectral + per_layer)
         self.head = mlp_layers([width, readout_hidden, latent_dim], "gelu", 0.0, True)
 
     def spec_of(self, params: Params) -> MLPSpec:
@@ -419,6 +430,9 @@ class GraphEncoder(nn.Module):
         if self.spectral is not None:  # the shape of every weight matrix's spectrum
             spectra = self.spectral(wb_canon)
             pooled += _first_last_mean(spectra) if self.readout == "pooled" else spectra
+        if self.entries is not None:  # how each layer's weights and bias are distributed
+            dist = self.entries(wb_canon)
+            pooled += _first_last_mean(dist) if self.readout == "pooled" else dist
         return self.head(torch.cat(pooled + edges, -1))
 
 

@@ -27,7 +27,13 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from weightspace.autoencoder.blocks import ACTIVATIONS, GramReadout, SpectralReadout, mlp_layers
+from weightspace.autoencoder.blocks import (
+    ACTIVATIONS,
+    EntryReadout,
+    GramReadout,
+    SpectralReadout,
+    mlp_layers,
+)
 from weightspace.autoencoder.entry_norm import make_standardizer
 from weightspace.errors import ConfigError
 from weightspace.nets.spec import MLPSpec, Params, layers
@@ -167,6 +173,8 @@ class NFNEncoder(nn.Module):
     - **Spectra** (``spectral=C``, off by default): :class:`SpectralReadout`'s ``C`` numbers
       per layer join the readout: the shape of each weight matrix's singular values, in the
       canonical frame.
+    - **Entries** (``entries=C``, off by default): :class:`EntryReadout`'s ``C + 1`` numbers
+      per tensor join the readout: how its entries are distributed, and its log scale.
 
     Reads the networks' denormalized parameters ``{name: (N, *shape)}`` (``reads_params``).
     """
@@ -187,6 +195,7 @@ class NFNEncoder(nn.Module):
         center: str | None = None,
         gram: int = 0,
         spectral: int = 0,
+        entries: int = 0,
     ):
         super().__init__()
         if spec.n_layers < 2:
@@ -208,6 +217,10 @@ class NFNEncoder(nn.Module):
             raise ConfigError(
                 f"encoder.spectral: channels of the spectral readout, >= 0, got {spectral}"
             )
+        if entries < 0:
+            raise ConfigError(
+                f"encoder.entries: channels of the entry readout, >= 0, got {entries}"
+            )
         if canonical not in (True, False, "sign"):
             raise ConfigError(f"encoder.canonical: {canonical!r} (choose true, false or sign)")
         self.spec = spec
@@ -226,6 +239,8 @@ class NFNEncoder(nn.Module):
         n_pooled += (n - 1) * self.gram.out_dim if gram else 0
         self.spectral = SpectralReadout(spectral, activation) if spectral else None
         n_pooled += n * spectral
+        self.entries = EntryReadout(entries, activation) if entries else None
+        n_pooled += n * 2 * self.entries.out_dim if entries else 0
         self.head = mlp_layers([n_pooled, *hidden, latent_dim], activation, 0.0, layer_norm)
 
     def canonicalize(self, params: Params) -> Params:
@@ -268,4 +283,6 @@ class NFNEncoder(nn.Module):
             pooled += self.gram(list(layers(canon, self.spec)))
         if self.spectral is not None:
             pooled += self.spectral(list(layers(canon, self.spec)))
+        if self.entries is not None:
+            pooled += self.entries(list(layers(canon, self.spec)))
         return self.head(torch.cat(pooled, -1))
