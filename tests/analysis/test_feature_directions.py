@@ -9,7 +9,7 @@ import torch
 from helpers import load_script
 from torch import nn
 
-from weightspace.analysis.feature_directions import feature_directions
+from weightspace.analysis.feature_directions import feature_directions, target_by_epoch
 from weightspace.autoencoder import WeightAutoencoder
 from weightspace.data.datamodule import WeightDataModule
 from weightspace.errors import ConfigError
@@ -91,6 +91,20 @@ def test_the_trained_model_and_bad_input(model, datamodule):
         feature_directions(model, datamodule, "colour")
     with pytest.raises(ConfigError, match=r"^model: has no invariant features"):
         feature_directions(object(), datamodule)
+
+
+def test_target_by_epoch_scores_one_probe_on_each_epochs_checkpoints(model, datamodule):
+    """Learned coordinates that are the features read the target as the features do, at
+    every epoch; the per-epoch scores are the one probe's predictions split by epoch."""
+    table = target_by_epoch(Oracle(model, 1.0), datamodule, "log_lr").set_index("representation")
+    epochs = sorted(datamodule.dataset("test").items["epoch"].unique())
+    assert list(table.index) == ["learned", "stats", "invariants"]
+    assert list(table.columns) == ["all", *(f"epoch {e}" for e in epochs)]
+    assert np.isfinite(table.to_numpy()).all() and (table.to_numpy() <= 1).all()
+    np.testing.assert_allclose(table.loc["learned"], table.loc["invariants"], atol=0.02)
+    assert not np.allclose(table.loc["stats"], table.loc["invariants"], atol=0.02)
+    with pytest.raises(ConfigError, match=r"^--target: 'colour' is not a probe target"):
+        target_by_epoch(model, datamodule, "colour")
 
 
 def test_the_entry_point_on_a_missing_run_is_one_line(tmp_path, capsys):

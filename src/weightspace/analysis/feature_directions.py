@@ -13,6 +13,12 @@ held-out members (``scripts/probe_directions.py RUN``):
   has a head. ``variance``: the share of the features' variance the ``k`` components hold.
 - ``bands``: per band of principal directions (1-5, 6-10, ...), their share of the variance
   and the head's R² there on the test members (how much of each direction the latent carries).
+
+:func:`target_by_epoch` asks where along training a representation loses the target: one
+probe per representation (the run's learned coordinates, the per-layer statistics, the
+invariant features), fitted on every checkpoint of the training members as the evaluation
+does, scored on the test members' checkpoints of each epoch apart
+(``scripts/probe_directions.py RUN --by-epoch``).
 """
 
 from __future__ import annotations
@@ -26,13 +32,76 @@ import torch
 
 from weightspace.errors import ConfigError
 from weightspace.evaluation.evaluate import apply_in_batches
-from weightspace.evaluation.probes import probe_table
+from weightspace.evaluation.probes import fit_logistic_probe, fit_ridge_probe, probe_table
 from weightspace.evaluation.splits import load_split, probe_targets
+from weightspace.features.statistics import layer_statistics
 
-__all__ = ["feature_directions"]
+__all__ = ["feature_directions", "target_by_epoch"]
 
 ORDER = ("train", "val", "test")
 KS = (5, 10, 20, 40, 80)
+
+
+def _splits_and_target(model: Any, datamodule: Any, target: str):
+    if not callable(getattr(model, "invariant_features", None)):
+        raise ConfigError("model: has no invariant features to decompose (an autoencoder run)")
+    splits = {s: load_split(datamodule, s) for s in ORDER}
+    asked = target[len("log_") :] if target.startswith("log_") else target  # log_lr: lr's log
+    targets, categorical = probe_targets([splits[s].items for s in ORDER], [asked])
+    if not targets:
+        have = ", ".join(c for c in splits["train"].items.columns if not c.startswith("_"))
+        raise ConfigError(f"--target: '{target}' is not a probe target of this zoo (have {have})")
+    return splits, targets, categorical
+
+
+def _learned(model: Any, splits: dict, batch_size: int) -> dict[str, np.ndarray]:
+    learned_fn = getattr(model, "encode_learned", None) or model.encode
+    device = next(model.parameters()).device if hasattr(model, "parameters") else "cpu"
+    return {
+        s: apply_in_batches(learned_fn, splits[s].weights, batch_size, device, "encode_learned")
+        .double()
+        .numpy()
+        for s in ORDER
+    }
+
+
+def _score(pred: np.ndarray, y: np.ndarray, mask: np.ndarray, categorical: bool) -> float:
+    """Accuracy (``categorical``) or R² of ``pred`` against ``y`` on the rows of ``mask``."""
+    p, t = pred[mask], y[mask]
+    if categorical:
+        return float((p == t).mean())
+    return float(1 - ((p - t) ** 2).sum() / ((t - t.mean()) ** 2).sum())
+
+
+@torch.no_grad()
+def target_by_epoch(
+    model: Any, datamodule: Any, target: str = "init", batch_size: int = 512
+) -> pd.DataFrame:
+    """Accuracy (a category; R² otherwise) of ``target`` per checkpoint epoch of the test
+    members: one row per representation (``learned``, ``stats``, ``invariants``), a column
+    ``all`` and one per epoch (module docstring)."""
+    splits, targets, categories = _splits_and_target(model, datamodule, target)
+    ys, categorical = next(iter(targets.values())), bool(categories)
+    spec = datamodule.spec
+    reps = {
+        "learned": _learned(model, splits, batch_size),
+        "stats": {s: layer_statistics(splits[s].params, spec) for s in ORDER},
+        "invariants": {s: np.asarray(model.invariant_features(splits[s].params)) for s in ORDER},
+    }
+    y_test = ys[2]
+    epochs = splits["test"].items["epoch"].to_numpy()
+    ok = [np.ones(len(y), bool) if categorical else np.isfinite(y) for y in ys]
+    rows = []
+    for name, x in reps.items():
+        fit = (fit_logistic_probe if categorical else fit_ridge_probe)(
+            x["train"][ok[0]], ys[0][ok[0]], x["val"][ok[1]], ys[1][ok[1]], x["test"]
+        )
+        row = {"representation": name, "all": _score(fit.pred_test, y_test, ok[2], categorical)}
+        for e in np.unique(epochs):
+            m = ok[2] & (epochs == e)
+            row[f"epoch {int(e)}"] = _score(fit.pred_test, y_test, m, categorical)
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def _bands(ks: Sequence[int], n: int) -> list[tuple[int, int]]:
@@ -52,14 +121,7 @@ def feature_directions(
     """``(probes, bands)`` of a trained :class:`~weightspace.autoencoder.WeightAutoencoder`
     and its datamodule (module docstring). ``target``: a probe target of the evaluation
     (``init``, ``test_acc``, ``lr`` or ``log_lr`` — probed on a log scale either way, ...)."""
-    if not callable(getattr(model, "invariant_features", None)):
-        raise ConfigError("model: has no invariant features to decompose (an autoencoder run)")
-    splits = {s: load_split(datamodule, s) for s in ORDER}
-    asked = target[len("log_") :] if target.startswith("log_") else target  # log_lr: lr's log
-    targets, categorical = probe_targets([splits[s].items for s in ORDER], [asked])
-    if not targets:
-        have = ", ".join(c for c in splits["train"].items.columns if not c.startswith("_"))
-        raise ConfigError(f"--target: '{target}' is not a probe target of this zoo (have {have})")
+    splits, targets, categorical = _splits_and_target(model, datamodule, target)
     mean = np.asarray(model.stats_mean.cpu(), np.float64)
     std = np.asarray(model.stats_std.cpu(), np.float64)
     feats = {
@@ -78,14 +140,7 @@ def feature_directions(
         variance[f"top {k} directions"] = float(share[k - 1])
     reps["all features"] = tuple(feats[s] for s in ORDER)
     variance["all features"] = 1.0
-    learned_fn = getattr(model, "encode_learned", None) or model.encode
-    device = next(model.parameters()).device if hasattr(model, "parameters") else "cpu"
-    learned = {
-        s: apply_in_batches(learned_fn, splits[s].weights, batch_size, device, "encode_learned")
-        .double()
-        .numpy()
-        for s in ORDER
-    }
+    learned = _learned(model, splits, batch_size)
     reps["learned coordinates"] = tuple(learned[s] for s in ORDER)
     head = getattr(model, "stats_head", None)
     bands = pd.DataFrame(columns=["directions", "variance", "head_r2"])
