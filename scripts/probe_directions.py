@@ -8,7 +8,8 @@ invariant features (standardized as the model standardizes them), from all of th
 run's learned coordinates and from its statistics head's predictions; then the head's R² per
 band of directions; with ``--by-epoch``, the target per checkpoint epoch of the test members
 from the learned coordinates, the statistics and the invariant features. RUN: a run folder,
-a run name under ``$WEIGHTSPACE_ROOT/outputs/autoencoder``, or ``latest``. See :mod:`weightspace.analysis.feature_directions`.
+a run name under ``$WEIGHTSPACE_ROOT/outputs/autoencoder``, or ``latest``. See
+:mod:`weightspace.analysis.feature_directions`.
 """
 
 from __future__ import annotations
