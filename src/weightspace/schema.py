@@ -265,6 +265,7 @@ TRAIN_AUTOENCODER: dict[str, Check] = {
     "model.features.whiten": number(0),
     "model.features.origin": number(0),
     "model.features.spectrum": BOOL,
+    "model.features.shape": BOOL,
     "model.features.products": BOOL,
     "model.features.function": BOOL,
     "model.n_probe": integer(1),

@@ -19,7 +19,12 @@ from weightspace.features.spectra import (
     spectrum_names,
     spectrum_torch,
 )
-from weightspace.features.statistics import layer_statistic_names, layer_statistics
+from weightspace.features.statistics import (
+    layer_shape_names,
+    layer_shape_torch,
+    layer_statistic_names,
+    layer_statistics,
+)
 from weightspace.nets.forward import MLP, member_params
 from weightspace.nets.spec import MLPSpec
 from weightspace.symmetry import apply_permutation, mlp_permutation_spec, random_permutations
@@ -49,6 +54,31 @@ def test_layer_statistics_of_known_tensors():
     g = dict(zip(names, feats[1]))  # the negated network
     assert g["layers.0.weight/mean"] == -5.5 and g["layers.0.weight/q0"] == -11.0
     assert g["layers.0.weight/l2"] == f["layers.0.weight/l2"]
+
+
+def test_shape_statistics_are_the_statistics_over_the_std_and_ignore_scale():
+    spec, gen, params = _random_networks(3)
+    shape = layer_shape_torch(params, spec).double().numpy()
+    stats = dict(zip(layer_statistic_names(spec), layer_statistics(params, spec).T))
+    names = layer_shape_names(spec)
+    assert shape.shape == (4, 7 * 6) == (4, len(names))
+    f = dict(zip(names, shape.T))
+    t = "layers.1.weight"
+    np.testing.assert_allclose(f[f"{t}/log_std"], np.log(stats[f"{t}/std"]), rtol=1e-5)
+    for q in ("mean", "q0", "q25", "q50", "q75", "q100"):
+        np.testing.assert_allclose(f[f"{t}/{q}/std"], stats[f"{t}/{q}"] / stats[f"{t}/std"], 1e-5)
+    # a tensor scaled by 3: only its log std moves, by log 3
+    scaled = layer_shape_torch(dict(params, **{t: 3 * params[t]}), spec).double().numpy()
+    moved = np.abs(scaled - shape).max(0) > 1e-5
+    assert [n for n, m in zip(names, moved) if m] == [f"{t}/log_std"]
+    np.testing.assert_allclose(
+        dict(zip(names, scaled.T))[f"{t}/log_std"] - f[f"{t}/log_std"], math.log(3), rtol=1e-5
+    )
+    # in a FeatureSpec: after the statistics, before the spectra; off by default
+    fs = FeatureSpec(spectrum=True, shape=True)
+    assert fs.names(spec)[48:90] == names and fs.width(spec) == 48 + 42 + len(spectrum_names(spec))
+    np.testing.assert_allclose(fs.compute(params, spec)[:, 48:90], shape, rtol=1e-5, atol=1e-6)
+    assert "shape" not in FeatureSpec().to_dict() and FeatureSpec(shape=True).to_dict()["shape"]
 
 
 def _random_networks(seed: int):

@@ -391,7 +391,9 @@ class WeightAutoencoder(WeightReader, pl.LightningModule):
         products' and the function features (on the model's probe inputs) when the model
         reads those. Unstandardized."""
         spec = self.features.spec
-        fs = FeatureSpec(spectrum=True, products=spec.products, function=spec.function)
+        fs = FeatureSpec(
+            spectrum=True, products=spec.products, function=spec.function, shape=spec.shape
+        )
         probe = self._probe()
         if probe is not None:
             probe = (probe[0].detach().cpu(), probe[1].detach().cpu())

@@ -33,6 +33,8 @@ from weightspace.features.spectra import (
 )
 from weightspace.features.statistics import (
     float64_rows,
+    layer_shape_names,
+    layer_shape_torch,
     layer_statistic_names,
     layer_statistics_torch,
 )
@@ -45,13 +47,15 @@ Probe = tuple[Tensor, Tensor]  # (inputs (B, in), labels (B,) or regression targ
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """Which invariant features: the per-layer statistics always; ``spectrum``: every weight
+    """Which invariant features: the per-layer statistics always; ``shape``: the same per
+    tensor scale-free (log std, mean and quantiles over the std); ``spectrum``: every weight
     matrix's log singular values; ``products``: those of the layer products W_l..W_0;
     ``function``: the function features on a probe ``(inputs, labels)``."""
 
     spectrum: bool = False
     products: bool = False
     function: bool = False
+    shape: bool = False
 
     def __post_init__(self) -> None:
         for f in fields(self):  # plain bools, so the spec's dict is a plain value
@@ -61,6 +65,7 @@ class FeatureSpec:
         """Column names, in the order :meth:`compute` returns them."""
         return [
             *layer_statistic_names(spec),
+            *(layer_shape_names(spec) if self.shape else []),
             *(spectrum_names(spec) if self.spectrum else []),
             *(product_spectrum_names(spec) if self.products else []),
             *(function_feature_names(spec) if self.function else []),
@@ -85,6 +90,8 @@ class FeatureSpec:
         with ``function`` only."""
         probe = self._probe(probe)
         parts = [layer_statistics_torch(params, spec)]
+        if self.shape:
+            parts.append(layer_shape_torch(params, spec))
         if self.spectrum:
             parts.append(spectrum_torch(params, spec).clamp_min(1e-6).log())
         if self.products:
@@ -107,7 +114,10 @@ class FeatureSpec:
         )
 
     def to_dict(self) -> dict[str, bool]:
-        return asdict(self)
+        d = asdict(self)
+        if not self.shape:  # only when on: earlier runs' dicts unchanged
+            del d["shape"]
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> FeatureSpec:

@@ -4,6 +4,11 @@ from Weights"): for every weight and bias tensor its mean, standard deviation, q
 invariant to hidden-unit permutations. Their paper's strongest predictor is gradient boosting
 on exactly these features; the evaluation's "stats" baseline is :func:`layer_statistics`.
 
+:func:`layer_shape_torch`: the same per tensor on a scale-free footing — its log std, and its
+mean and quantiles over its std (7 numbers): what a tensor's entries look like whatever its
+scale (a uniform init's largest entry is ~1.7 stds, a Gaussian's ~3.5), a direction of their
+own rather than a small difference of two large, scale-driven statistics.
+
 Also the float64 driver every numpy feature goes through (:func:`float64_rows`).
 """
 
@@ -21,8 +26,11 @@ from weightspace.nets.spec import MLPSpec, Params
 
 __all__ = [
     "QUANTILES",
+    "SHAPE_STATISTICS",
     "STATISTICS",
     "float64_rows",
+    "layer_shape_names",
+    "layer_shape_torch",
     "layer_statistic_names",
     "layer_statistics",
     "layer_statistics_torch",
@@ -30,6 +38,7 @@ __all__ = [
 
 QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
 STATISTICS = ("mean", "std", "q0", "q25", "q50", "q75", "q100", "l2")
+SHAPE_STATISTICS = ("log_std", "mean/std", "q0/std", "q25/std", "q50/std", "q75/std", "q100/std")
 
 
 def layer_statistic_names(spec: MLPSpec) -> list[str]:
@@ -59,6 +68,25 @@ def layer_statistics_torch(params: Mapping[str, Tensor], spec: MLPSpec) -> Tenso
             torch.quantile(x, q, dim=1).T,  # (N, 5), linear interpolation as numpy
             torch.linalg.vector_norm(x, dim=1, keepdim=True),
         ]
+    return torch.cat(columns, 1)
+
+
+def layer_shape_names(spec: MLPSpec) -> list[str]:
+    """Feature names of :func:`layer_shape_torch`: ``"{tensor}/{statistic}"``, tensor-major."""
+    return [f"{name}/{stat}" for name in spec.param_shapes() for stat in SHAPE_STATISTICS]
+
+
+def layer_shape_torch(params: Mapping[str, Tensor], spec: MLPSpec) -> Tensor:
+    """Per-tensor scale-free statistics of ``N`` stacked networks ``(N, 7 * n_tensors)``
+    (:data:`SHAPE_STATISTICS`: log std, then mean and quantiles over the std; a std below
+    ``1e-12`` counts as ``1e-12``), differentiable, in the parameters' dtype."""
+    eff = effective_params(params, spec)
+    columns: list[Tensor] = []
+    for name in spec.param_shapes():
+        x = eff[name].flatten(1)
+        std = x.std(1, correction=0, keepdim=True).clamp_min(1e-12)
+        q = torch.tensor(QUANTILES, dtype=x.dtype, device=x.device)
+        columns += [std.log(), x.mean(1, keepdim=True) / std, torch.quantile(x, q, dim=1).T / std]
     return torch.cat(columns, 1)
 
 
