@@ -56,28 +56,36 @@ def test_layer_statistics_of_known_tensors():
     assert g["layers.0.weight/l2"] == f["layers.0.weight/l2"]
 
 
-def test_shape_statistics_are_the_statistics_over_the_std_and_ignore_scale():
+def test_shape_statistics_are_each_weights_statistics_over_its_rms_and_ignore_scale():
     spec, gen, params = _random_networks(3)
     shape = layer_shape_torch(params, spec).double().numpy()
     stats = dict(zip(layer_statistic_names(spec), layer_statistics(params, spec).T))
     names = layer_shape_names(spec)
-    assert shape.shape == (4, 7 * 6) == (4, len(names))
+    assert shape.shape == (4, 7 * 3) == (4, len(names))  # weights only, three layers
+    assert all(
+        n.startswith(("layers.0.weight/", "layers.1.weight/", "layers.2.weight/")) for n in names
+    )
     f = dict(zip(names, shape.T))
     t = "layers.1.weight"
-    np.testing.assert_allclose(f[f"{t}/log_std"], np.log(stats[f"{t}/std"]), rtol=1e-5)
+    rms = stats[f"{t}/l2"] / math.sqrt(7 * 6)
+    np.testing.assert_allclose(f[f"{t}/log_rms"], np.log(rms), rtol=1e-5)
     for q in ("mean", "q0", "q25", "q50", "q75", "q100"):
-        np.testing.assert_allclose(f[f"{t}/{q}/std"], stats[f"{t}/{q}"] / stats[f"{t}/std"], 1e-5)
-    # a tensor scaled by 3: only its log std moves, by log 3
+        np.testing.assert_allclose(f[f"{t}/{q}/rms"], stats[f"{t}/{q}"] / rms, rtol=1e-5)
+    # a matrix scaled by 3: only its log RMS moves, by log 3
     scaled = layer_shape_torch(dict(params, **{t: 3 * params[t]}), spec).double().numpy()
     moved = np.abs(scaled - shape).max(0) > 1e-5
-    assert [n for n, m in zip(names, moved) if m] == [f"{t}/log_std"]
-    np.testing.assert_allclose(
-        dict(zip(names, scaled.T))[f"{t}/log_std"] - f[f"{t}/log_std"], math.log(3), rtol=1e-5
-    )
+    assert [n for n, m in zip(names, moved) if m] == [f"{t}/log_rms"]
+    shift = dict(zip(names, scaled.T))[f"{t}/log_rms"] - f[f"{t}/log_rms"]
+    np.testing.assert_allclose(shift, math.log(3), rtol=1e-5)
+    # zero biases (a zoo's init) change nothing; a zero matrix gives finite numbers
+    zeros = {k: torch.zeros_like(v) if k.endswith("bias") else v for k, v in params.items()}
+    np.testing.assert_array_equal(layer_shape_torch(zeros, spec).double().numpy(), shape)
+    dead = layer_shape_torch(dict(params, **{t: torch.zeros_like(params[t])}), spec)
+    assert torch.isfinite(dead).all()
     # in a FeatureSpec: after the statistics, before the spectra; off by default
     fs = FeatureSpec(spectrum=True, shape=True)
-    assert fs.names(spec)[48:90] == names and fs.width(spec) == 48 + 42 + len(spectrum_names(spec))
-    np.testing.assert_allclose(fs.compute(params, spec)[:, 48:90], shape, rtol=1e-5, atol=1e-6)
+    assert fs.names(spec)[48:69] == names and fs.width(spec) == 48 + 21 + len(spectrum_names(spec))
+    np.testing.assert_allclose(fs.compute(params, spec)[:, 48:69], shape, rtol=1e-5, atol=1e-6)
     assert "shape" not in FeatureSpec().to_dict() and FeatureSpec(shape=True).to_dict()["shape"]
 
 

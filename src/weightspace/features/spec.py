@@ -47,8 +47,8 @@ Probe = tuple[Tensor, Tensor]  # (inputs (B, in), labels (B,) or regression targ
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """Which invariant features: the per-layer statistics always; ``shape``: the same per
-    tensor scale-free (log std, mean and quantiles over the std); ``spectrum``: every weight
+    """Which invariant features: the per-layer statistics always; ``shape``: each weight
+    matrix's scale-free ones (log RMS, mean and quantiles over the RMS); ``spectrum``: every weight
     matrix's log singular values; ``products``: those of the layer products W_l..W_0;
     ``function``: the function features on a probe ``(inputs, labels)``."""
 

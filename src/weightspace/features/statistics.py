@@ -4,10 +4,11 @@ from Weights"): for every weight and bias tensor its mean, standard deviation, q
 invariant to hidden-unit permutations. Their paper's strongest predictor is gradient boosting
 on exactly these features; the evaluation's "stats" baseline is :func:`layer_statistics`.
 
-:func:`layer_shape_torch`: the same per tensor on a scale-free footing — its log std, and its
-mean and quantiles over its std (7 numbers): what a tensor's entries look like whatever its
-scale (a uniform init's largest entry is ~1.7 stds, a Gaussian's ~3.5), a direction of their
-own rather than a small difference of two large, scale-driven statistics.
+:func:`layer_shape_torch`: each weight matrix on a scale-free footing — its log root mean
+square, and its mean and quantiles over it (7 numbers): what a matrix's entries look like
+whatever its scale (a uniform init's largest entry is ~1.7 RMS, a Gaussian's ~3.5), a
+direction of their own rather than a small difference of two large, scale-driven statistics.
+Biases are left out: a zoo's are often all zero at init, where no shape exists.
 
 Also the float64 driver every numpy feature goes through (:func:`float64_rows`).
 """
@@ -38,7 +39,7 @@ __all__ = [
 
 QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
 STATISTICS = ("mean", "std", "q0", "q25", "q50", "q75", "q100", "l2")
-SHAPE_STATISTICS = ("log_std", "mean/std", "q0/std", "q25/std", "q50/std", "q75/std", "q100/std")
+SHAPE_STATISTICS = ("log_rms", "mean/rms", "q0/rms", "q25/rms", "q50/rms", "q75/rms", "q100/rms")
 
 
 def layer_statistic_names(spec: MLPSpec) -> list[str]:
@@ -71,22 +72,26 @@ def layer_statistics_torch(params: Mapping[str, Tensor], spec: MLPSpec) -> Tenso
     return torch.cat(columns, 1)
 
 
+def _weight_names(spec: MLPSpec) -> list[str]:
+    return [name for name in spec.param_shapes() if name.endswith(".weight")]
+
+
 def layer_shape_names(spec: MLPSpec) -> list[str]:
-    """Feature names of :func:`layer_shape_torch`: ``"{tensor}/{statistic}"``, tensor-major."""
-    return [f"{name}/{stat}" for name in spec.param_shapes() for stat in SHAPE_STATISTICS]
+    """Feature names of :func:`layer_shape_torch`: ``"{weight}/{statistic}"``, layer-major."""
+    return [f"{name}/{stat}" for name in _weight_names(spec) for stat in SHAPE_STATISTICS]
 
 
 def layer_shape_torch(params: Mapping[str, Tensor], spec: MLPSpec) -> Tensor:
-    """Per-tensor scale-free statistics of ``N`` stacked networks ``(N, 7 * n_tensors)``
-    (:data:`SHAPE_STATISTICS`: log std, then mean and quantiles over the std; a std below
+    """Per weight matrix scale-free statistics of ``N`` stacked networks ``(N, 7 * layers)``
+    (:data:`SHAPE_STATISTICS`: log RMS, then mean and quantiles over the RMS; an RMS below
     ``1e-12`` counts as ``1e-12``), differentiable, in the parameters' dtype."""
     eff = effective_params(params, spec)
     columns: list[Tensor] = []
-    for name in spec.param_shapes():
+    for name in _weight_names(spec):
         x = eff[name].flatten(1)
-        std = x.std(1, correction=0, keepdim=True).clamp_min(1e-12)
+        rms = x.square().mean(1, keepdim=True).sqrt().clamp_min(1e-12)
         q = torch.tensor(QUANTILES, dtype=x.dtype, device=x.device)
-        columns += [std.log(), x.mean(1, keepdim=True) / std, torch.quantile(x, q, dim=1).T / std]
+        columns += [rms.log(), x.mean(1, keepdim=True) / rms, torch.quantile(x, q, dim=1).T / rms]
     return torch.cat(columns, 1)
 
 
