@@ -15,6 +15,7 @@ __all__ = [
     "EntryReadout",
     "GramReadout",
     "SpectralReadout",
+    "check_readouts",
     "mlp_layers",
     "transformer_layer",
 ]
@@ -45,6 +46,19 @@ def mlp_layers(
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
     return nn.Sequential(*layers)
+
+
+READOUTS = {"gram": "angle", "spectral": "spectral", "entries": "entry"}
+
+
+def check_readouts(**channels: int) -> None:
+    """The invariant readouts' channel counts (``gram``, ``spectral``, ``entries``): >= 0,
+    0 for off; a bad one is a one-line error naming the option."""
+    for name, c in channels.items():
+        if c < 0:
+            raise ConfigError(
+                f"encoder.{name}: channels of the {READOUTS[name]} readout, >= 0, got {c}"
+            )
 
 
 def transformer_layer(kind: type[nn.Module], d_model: int, n_heads: int, dropout: float):

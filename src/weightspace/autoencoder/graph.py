@@ -66,7 +66,13 @@ from dataclasses import replace
 import torch
 from torch import Tensor, nn
 
-from weightspace.autoencoder.blocks import EntryReadout, GramReadout, SpectralReadout, mlp_layers
+from weightspace.autoencoder.blocks import (
+    EntryReadout,
+    GramReadout,
+    SpectralReadout,
+    check_readouts,
+    mlp_layers,
+)
 from weightspace.autoencoder.entry_norm import make_standardizer
 from weightspace.errors import ConfigError
 from weightspace.nets.spec import ACTIVATIONS, MLPSpec, Params, bias_name, layers, weight_name
@@ -263,16 +269,7 @@ class GraphEncoder(nn.Module):
             )
         if probe < 0:
             raise ConfigError(f"encoder.probe: {probe}, must be >= 0")
-        if gram < 0:
-            raise ConfigError(f"encoder.gram: channels of the angle readout, >= 0, got {gram}")
-        if spectral < 0:
-            raise ConfigError(
-                f"encoder.spectral: channels of the spectral readout, >= 0, got {spectral}"
-            )
-        if entries < 0:
-            raise ConfigError(
-                f"encoder.entries: channels of the entry readout, >= 0, got {entries}"
-            )
+        check_readouts(gram=gram, spectral=spectral, entries=entries)
         if probe and len(acts) > 1:
             raise ConfigError(
                 f"encoder.probe: runs each network, and this zoo mixes {', '.join(acts)} (the "

@@ -32,6 +32,7 @@ from weightspace.autoencoder.blocks import (
     EntryReadout,
     GramReadout,
     SpectralReadout,
+    check_readouts,
     mlp_layers,
 )
 from weightspace.autoencoder.entry_norm import make_standardizer
@@ -211,16 +212,7 @@ class NFNEncoder(nn.Module):
             raise ConfigError(
                 f"encoder.activation: unknown '{activation}' (choose from {', '.join(ACTIVATIONS)})"
             )
-        if gram < 0:
-            raise ConfigError(f"encoder.gram: channels of the angle readout, >= 0, got {gram}")
-        if spectral < 0:
-            raise ConfigError(
-                f"encoder.spectral: channels of the spectral readout, >= 0, got {spectral}"
-            )
-        if entries < 0:
-            raise ConfigError(
-                f"encoder.entries: channels of the entry readout, >= 0, got {entries}"
-            )
+        check_readouts(gram=gram, spectral=spectral, entries=entries)
         if canonical not in (True, False, "sign"):
             raise ConfigError(f"encoder.canonical: {canonical!r} (choose true, false or sign)")
         self.spec = spec
