@@ -158,6 +158,13 @@ def test_origin_option_is_saved_only_when_on_and_checked():
         FeatureUse.from_dict({"origin": -1})
 
 
+def test_origin_head_is_refused_beside_concatenated_features(grouped):
+    with pytest.raises(
+        ConfigError, match=r"^features.origin: must be 0 with features.input=concat"
+    ):
+        small_model(grouped, features={"input": "concat", "origin": 1.0})
+
+
 # --------------------------------------------------------------------------- the config
 MEMBER = ["model.contrastive_weight=1.0", "model.contrastive_positives=member"]
 ORIGIN = ["model.features.origin=1.0"]

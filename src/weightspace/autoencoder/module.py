@@ -203,11 +203,12 @@ class WeightAutoencoder(WeightReader, pl.LightningModule):
         spec = MLPSpec(tuple(widths), activations[0], bias)
         n_stats = use.spec.width(spec)
         concat = use.input == "concat"
-        if concat and use.weight > 0:
-            raise ConfigError(
-                "features.weight: must be 0 with features.input=concat (the features are "
-                "latent coordinates already)"
-            )
+        for name, w in (("weight", use.weight), ("origin", use.origin)):
+            if concat and w > 0:
+                raise ConfigError(
+                    f"features.{name}: must be 0 with features.input=concat (the features "
+                    "are latent coordinates already)"
+                )
         #: how the model uses the invariant features (the ``features`` hyperparameter).
         self.features = use
         #: width of the latent: the encoder's, plus the features with features.input=concat.
