@@ -1,20 +1,26 @@
-"""The autoencoder's loss terms, as functions of tensors (the module weights and logs them)."""
+"""The autoencoder's loss terms, as functions of tensors (the module weights and logs them),
+and the check of their options (:func:`check_loss_options`)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+
+from weightspace.errors import ConfigError
 
 __all__ = [
     "CONTRASTIVE_POSITIVES",
     "FUNCTIONAL_KINDS",
+    "check_loss_options",
     "first_checkpoint_rows",
     "functional_loss",
     "member_keys",
     "nt_xent",
+    "origin_loss",
     "reconstruction_loss",
     "sup_con",
 ]
@@ -55,6 +61,16 @@ def first_checkpoint_rows(keys: Tensor, epochs: Tensor) -> Tensor:
     return torch.where(match.any(1), match.int().argmax(1), -1)
 
 
+def origin_loss(head: nn.Module, z: Tensor, stats: Tensor, keys: Tensor, epochs: Tensor) -> Tensor:
+    """MSE of ``head(z)`` against the features ``stats`` of each row's member's first
+    checkpoint in the batch (:func:`first_checkpoint_rows`); rows without one are left out
+    (none: 0, still a graph of the head)."""
+    first = first_checkpoint_rows(keys, epochs)
+    has = first >= 0
+    pred = head(z[has])
+    return F.mse_loss(pred, stats[first[has]]) if has.any() else pred.sum()
+
+
 def sup_con(p: Tensor, labels: Tensor, temperature: float) -> Tensor:
     """Supervised contrastive loss (Khosla et al., 2020; "L_out"): rows of ``p`` ``(N, P)``
     with equal ``labels`` ``(N,)`` are positives, every other row a negative.
@@ -87,3 +103,45 @@ def functional_loss(pred: Tensor, target: Tensor, kind: str = "mse") -> Tensor:
         reduction="batchmean",
         log_target=True,
     )
+
+
+def check_loss_options(
+    use: Any,
+    n_outputs: int,
+    weights: Sequence[float],
+    *,
+    functional_kind: str,
+    contrastive_positives: str,
+    detach_decoder: bool,
+    field_hidden: Sequence[int],
+) -> None:
+    """The autoencoder's loss options, checked before anything is built: a one-line
+    ``ConfigError`` naming the option. ``weights``: recon, contrastive, functional
+    and field weights; ``use``: the :class:`~weightspace.autoencoder.options.FeatureUse`."""
+    if functional_kind not in FUNCTIONAL_KINDS:
+        raise ConfigError(f"functional_kind: '{functional_kind}' (choose mse or kl)")
+    if functional_kind == "kl" and n_outputs < 2:
+        raise ConfigError("functional_kind: kl needs class outputs; use mse for regression")
+    if contrastive_positives not in CONTRASTIVE_POSITIVES:
+        raise ConfigError(
+            f"contrastive_positives: '{contrastive_positives}' (choose views or member)"
+        )
+    _, contrastive_weight, _, field_weight = weights
+    if min(*weights, use.weight) < 0 or not any(weights):
+        raise ConfigError(
+            "recon_weight, contrastive_weight, functional_weight, field_weight, "
+            "features.weight: must be >= 0, one of the first four > 0"
+        )
+    if detach_decoder and not any((contrastive_weight, field_weight, use.weight)):
+        raise ConfigError(
+            "detach_decoder: true leaves the encoder no loss; set field_weight, "
+            "contrastive_weight or features.weight > 0"
+        )
+    if field_weight > 0 and not field_hidden:
+        raise ConfigError("field_hidden: needs at least one hidden width")
+    for name, w in (("weight", use.weight), ("origin", use.origin)):
+        if use.input == "concat" and w > 0:
+            raise ConfigError(
+                f"features.{name}: must be 0 with features.input=concat (the features "
+                "are latent coordinates already)"
+            )

@@ -58,12 +58,11 @@ from torch import Tensor, nn
 from weightspace.autoencoder.decoders import FieldDecoder
 from weightspace.autoencoder.legacy import is_old_hparams, upgrade_hparams
 from weightspace.autoencoder.losses import (
-    CONTRASTIVE_POSITIVES,
-    FUNCTIONAL_KINDS,
-    first_checkpoint_rows,
+    check_loss_options,
     functional_loss,
     member_keys,
     nt_xent,
+    origin_loss,
     reconstruction_loss,
     sup_con,
 )
@@ -177,38 +176,20 @@ class WeightAutoencoder(WeightReader, pl.LightningModule):
         use = FeatureUse.from_dict(features)
         features = use.to_dict()  # saved in this plain form ("add", not True)
         self.save_hyperparameters(ignore=["probe_inputs", "probe_targets", "stats_whiten"])
-        if functional_kind not in FUNCTIONAL_KINDS:
-            raise ConfigError(f"functional_kind: '{functional_kind}' (choose mse or kl)")
-        if functional_kind == "kl" and widths[-1] < 2:
-            raise ConfigError("functional_kind: kl needs class outputs; use mse for regression")
-        if contrastive_positives not in CONTRASTIVE_POSITIVES:
-            raise ConfigError(
-                f"contrastive_positives: '{contrastive_positives}' (choose views or member)"
-            )
+        check_loss_options(
+            use,
+            widths[-1],
+            (recon_weight, contrastive_weight, functional_weight, field_weight),
+            functional_kind=functional_kind,
+            contrastive_positives=contrastive_positives,
+            detach_decoder=detach_decoder,
+            field_hidden=field_hidden,
+        )
         if scheduler not in SCHEDULERS:
             raise ConfigError(f"scheduler: '{scheduler}' (choose null or cosine)")
-        weights = (recon_weight, contrastive_weight, functional_weight, field_weight)
-        if min(*weights, use.weight) < 0 or not any(weights):
-            raise ConfigError(
-                "recon_weight, contrastive_weight, functional_weight, field_weight, "
-                "features.weight: must be >= 0, one of the first four > 0"
-            )
-        if detach_decoder and not any((contrastive_weight, field_weight, use.weight)):
-            raise ConfigError(
-                "detach_decoder: true leaves the encoder no loss; set field_weight, "
-                "contrastive_weight or features.weight > 0"
-            )
-        if field_weight > 0 and not field_hidden:
-            raise ConfigError("field_hidden: needs at least one hidden width")
         spec = MLPSpec(tuple(widths), activations[0], bias)
         n_stats = use.spec.width(spec)
         concat = use.input == "concat"
-        for name, w in (("weight", use.weight), ("origin", use.origin)):
-            if concat and w > 0:
-                raise ConfigError(
-                    f"features.{name}: must be 0 with features.input=concat (the features "
-                    "are latent coordinates already)"
-                )
         #: how the model uses the invariant features (the ``features`` hyperparameter).
         self.features = use
         #: width of the latent: the encoder's, plus the features with features.input=concat.
@@ -470,12 +451,11 @@ class WeightAutoencoder(WeightReader, pl.LightningModule):
             else:
                 terms["stats"] = F.mse_loss(pred, stats)
         if self.origin_head is not None:  # every checkpoint predicts its member's first one
-            first = first_checkpoint_rows(
-                member_keys(batch).repeat_interleave(v), batch["epoch"].repeat_interleave(v)
+            keys, epochs = (
+                member_keys(batch).repeat_interleave(v),
+                batch["epoch"].repeat_interleave(v),
             )
-            has = first >= 0
-            pred = self.origin_head(z[has])
-            terms["origin"] = F.mse_loss(pred, stats[first[has]]) if has.any() else pred.sum()
+            terms["origin"] = origin_loss(self.origin_head, z, stats, keys, epochs)
         if self.projection is not None and hp.contrastive_positives == "member":
             labels = member_keys(batch).to(z.device).repeat_interleave(v)  # views: one member
             terms["contrastive"] = sup_con(self.projection(z), labels, hp.temperature)
